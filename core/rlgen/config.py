@@ -1,0 +1,246 @@
+"""The run configuration: one YAML file, validated by pydantic, plugin params included.
+
+Validation happens in two passes: the file's own shape (``load_config``), then each plugin's
+``params`` block against that plugin's ``Params`` model (``plan_run``). Both pass before a
+single model is loaded or a file is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import ConfigError, PluginError
+from .interfaces import Plugin
+from .discovery import Registry
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Section):
+    path: str = Field("builtin:tiny-llama", description="builtin:NAME, a Hugging Face model id, or a local folder")
+    tokenizer: str | None = Field(None, description="tokenizer id or folder; defaults to the model's")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype")
+    trust_remote_code: bool = Field(False, description="allow model code from the model folder; off unless you trust it")
+
+
+class DataConfig(_Section):
+    path: str = Field(..., description="builtin:NAME, or a .jsonl / .parquet file of prompt records")
+    split: str = Field("train", description="split of a builtin dataset")
+    prompt_template: str | None = Field(
+        None, description="str.format template over the record's fields; builtin datasets bring a default"
+    )
+    system_prompt: str | None = Field(None, description="optional system message before the prompt")
+    fields: dict[str, str] = Field(default_factory=dict, description="template/reward field name -> column in the file")
+    prompts_per_step: int = Field(4, ge=1, description="prompts per step and rank; the batch is this x group_size")
+    shuffle: bool = Field(True, description="reshuffle the prompts every epoch (seeded)")
+    limit: int | None = Field(None, ge=1, description="use only the first N records")
+
+
+class PluginRef(_Section):
+    name: str = Field(..., description="registered plugin name (see `rlgen plugins`)")
+    params: dict[str, Any] = Field(default_factory=dict, description="validated against the plugin's Params")
+
+
+class RewardRef(PluginRef):
+    weight: float = Field(1.0, description="weight w_k of this reward in the combined advantage")
+    alias: str | None = Field(None, description="name in metrics and the combiner, to use one provider twice")
+
+    @property
+    def key(self) -> str:
+        return self.alias or self.name
+
+
+class RunSection(_Section):
+    steps: int = Field(100, ge=1, description="training steps")
+    seed: int = Field(0, description="seeds every RNG; sampling seeds derive from it per step and rank")
+    output_dir: str = Field("runs/default", description="run folder: metrics.jsonl, checkpoints, policy export")
+    checkpoint_every: int = Field(0, ge=0, description="save a resumable checkpoint every K steps (0: only at the end)")
+    save_final: bool = Field(True, description="checkpoint and export the policy when the run ends")
+    keep_checkpoints: int = Field(2, ge=1, description="how many step checkpoints to keep")
+    threads: int = Field(1, ge=1, description="torch CPU threads per process (1 is fastest on small CPUs)")
+    cache_dir: str | None = Field(None, description="where builtin models/data are materialised (default RLGEN_CACHE_DIR or ~/.cache/rlgen)")
+
+
+class RunConfig(_Section):
+    """A whole run. See docs/config.md for every key."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig
+    group_size: int = Field(5, ge=1, description="G: completions sampled per prompt")
+    sampler: PluginRef = Field(default_factory=lambda: PluginRef(name="hf"))
+    rewards: list[RewardRef] = Field(..., min_length=1)
+    advantage: PluginRef = Field(default_factory=lambda: PluginRef(name="grpo"))
+    trainer: PluginRef = Field(default_factory=lambda: PluginRef(name="relate.grpo"))
+    callbacks: list[PluginRef] = Field(default_factory=list)
+    run: RunSection = Field(default_factory=RunSection)
+
+    #: where the config came from, for error messages (not part of the schema)
+    _origin: str = pydantic.PrivateAttr("config")
+
+    @property
+    def origin(self) -> str:
+        return self._origin
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def _pydantic_message(origin: str, exc: pydantic.ValidationError, prefix: str = "", plugin: str | None = None) -> str:
+    lines = []
+    for err in exc.errors():
+        key = _format_loc((prefix,) + tuple(err["loc"]) if prefix else tuple(err["loc"]))
+        what = f"plugin '{plugin}': " if plugin else ""
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{origin}: {what}unknown key '{key}'")
+        else:
+            lines.append(f"{origin}: {what}key '{key}': {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def apply_override(raw: dict[str, Any], assignment: str, origin: str = "--set") -> None:
+    """Apply ``a.b.c=value`` to ``raw`` in place; the value is parsed as YAML; list items by index."""
+    if "=" not in assignment:
+        raise ConfigError(f"{origin}: '{assignment}' is not KEY=VALUE")
+    key, text = assignment.split("=", 1)
+    value = yaml.safe_load(text) if text != "" else ""
+    parts = key.strip().split(".")
+    node: Any = raw
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"{origin}: '{key}': '{part}' is not an index of a list of {len(node)}")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"{origin}: '{key}': '{'.'.join(parts[:i])}' is not a mapping")
+        if last:
+            node[part] = value
+        else:
+            node = node.setdefault(part, {})
+
+
+def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read, override and validate a run configuration (its own shape; plugins come in :func:`plan_run`)."""
+    if isinstance(source, dict):
+        raw, origin = yaml.safe_load(yaml.safe_dump(source)), "config"
+        base = Path.cwd()
+    else:
+        path = Path(source)
+        origin = str(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{origin}: not valid YAML: {exc}") from exc
+        base = path.parent
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: the top level must be a mapping")
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    try:
+        config = RunConfig.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(_pydantic_message(origin, exc)) from None
+    config._origin = origin
+    # relative data paths are relative to the config file, like any include
+    data_path = config.data.path
+    if not data_path.startswith("builtin:") and not Path(data_path).is_absolute() and not isinstance(source, dict):
+        candidate = base / data_path
+        if candidate.exists() and not Path(data_path).exists():
+            config.data.path = str(candidate)
+    return config
+
+
+@dataclass
+class PlannedPlugin:
+    """A plugin chosen by the config, with validated params."""
+
+    key: str  # config location, e.g. rewards.0
+    name: str
+    cls: type[Plugin]
+    params: pydantic.BaseModel
+    weight: float = 1.0
+    alias: str | None = None
+
+    def build(self) -> Plugin:
+        return self.cls(self.params)
+
+
+@dataclass
+class RunPlan:
+    config: RunConfig
+    sampler: PlannedPlugin
+    rewards: list[PlannedPlugin]
+    advantage: PlannedPlugin
+    trainer: PlannedPlugin
+    callbacks: list[PlannedPlugin]
+
+
+def validate_params(cls: type[Plugin], raw: dict[str, Any], *, origin: str, key: str, name: str) -> pydantic.BaseModel:
+    """Validate a ``params`` block against ``cls.Params``; unknown keys are errors whatever the model's config."""
+    model = cls.Params
+    known = set(model.model_fields) | {f.alias for f in model.model_fields.values() if f.alias}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        fields = ", ".join(sorted(model.model_fields)) or "none"
+        raise ConfigError(f"{origin}: plugin '{name}': unknown key '{key}.params.{unknown[0]}' (its params: {fields})")
+    try:
+        return model.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(_pydantic_message(origin, exc, prefix=f"{key}.params", plugin=name)) from None
+
+
+def plan_run(config: RunConfig, registry: Registry) -> RunPlan:
+    """Resolve every plugin the config names and validate its params."""
+    registry.check()
+    origin = config.origin
+
+    def plan(kind: str, ref: PluginRef, key: str) -> PlannedPlugin:
+        try:
+            cls = registry.get(kind, ref.name)
+        except PluginError as exc:
+            raise ConfigError(f"{origin}: {key}.name: {exc}") from None
+        params = validate_params(cls, ref.params, origin=origin, key=key, name=ref.name)
+        if isinstance(ref, RewardRef):
+            return PlannedPlugin(key, ref.name, cls, params, ref.weight, ref.alias)
+        return PlannedPlugin(key, ref.name, cls, params)
+
+    rewards = [plan("reward", r, f"rewards.{i}") for i, r in enumerate(config.rewards)]
+    keys = [r.key for r in config.rewards]
+    dupes = sorted({k for k in keys if keys.count(k) > 1})
+    if dupes:
+        raise ConfigError(f"{origin}: reward '{dupes[0]}' is listed twice; give one of them an 'alias'")
+    return RunPlan(
+        config=config,
+        sampler=plan("sampler", config.sampler, "sampler"),
+        rewards=rewards,
+        advantage=plan("advantage", config.advantage, "advantage"),
+        trainer=plan("trainer", config.trainer, "trainer"),
+        callbacks=[plan("callback", c, f"callbacks.{i}") for i, c in enumerate(config.callbacks)],
+    )
+
+
+def config_schema(registry: Registry | None = None) -> dict[str, Any]:
+    """JSON schema of the run config; with a registry, each plugin's params schema is attached."""
+    schema = RunConfig.model_json_schema()
+    if registry is not None:
+        plugins: dict[str, Any] = {}
+        for info in registry.infos:
+            if info.cls is not None and info.status in ("ok", "unavailable"):
+                plugins[f"{info.kind}:{info.name}"] = info.cls.Params.model_json_schema()
+        schema["x-rlgen-plugin-params"] = plugins
+    return schema

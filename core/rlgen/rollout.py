@@ -1,0 +1,198 @@
+"""The `Rollout` contract: what a sampler hands to rewards, combiners and trainers.
+
+One batch of B = prompts x G completions, padded to T tokens on the right, with enough
+side information (character offsets, groups, prompt metadata) for a reward to point at the
+exact tokens it is about.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+Span = tuple[int, int]
+
+
+@dataclass
+class Rollout:
+    """A batch of sampled completions.
+
+    Required:
+        texts: decoded completions, exactly the strings rewards judge.
+        completion_ids: LongTensor [B, T], right-padded.
+        completion_mask: BoolTensor [B, T], True on real completion tokens (up to and
+            including the first EOS).
+        group: LongTensor [B], index of the prompt each sample answers; samples of one
+            prompt share a value.
+
+    Optional:
+        prompt_ids / prompt_mask: [B, P], left-padded prompt tokens (what the trainer
+            conditions on).
+        prompt_texts: the rendered prompts.
+        meta: per-sample prompt metadata (query, bid word, selling points, ...).
+        token_offsets: LongTensor [B, T, 2], character span ``[start, end)`` of each
+            completion token inside ``texts[i]``; ``(0, 0)`` for padding and for tokens
+            that produce no visible text.
+        logprobs: FloatTensor [B, T], log-probabilities of the sampled tokens under the
+            sampling policy.
+    """
+
+    texts: list[str]
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    group: torch.Tensor
+    prompt_ids: torch.Tensor | None = None
+    prompt_mask: torch.Tensor | None = None
+    prompt_texts: list[str] | None = None
+    meta: list[dict[str, Any]] | None = None
+    token_offsets: torch.Tensor | None = None
+    logprobs: torch.Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.texts)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.completion_ids.shape[1])
+
+    def validate(self) -> None:
+        """Check shapes and dtypes once, so every consumer can trust them."""
+        b = len(self.texts)
+        ids, mask, group = self.completion_ids, self.completion_mask, self.group
+        if ids.dim() != 2 or ids.shape[0] != b:
+            raise ValueError(f"Rollout.completion_ids must be [B={b}, T], got {tuple(ids.shape)}")
+        if ids.dtype != torch.long:
+            raise ValueError(f"Rollout.completion_ids must be int64, got {ids.dtype}")
+        if mask.shape != ids.shape or mask.dtype != torch.bool:
+            raise ValueError(
+                f"Rollout.completion_mask must be bool {tuple(ids.shape)}, got {mask.dtype} {tuple(mask.shape)}"
+            )
+        if group.shape != (b,) or group.dtype != torch.long:
+            raise ValueError(f"Rollout.group must be int64 [B={b}], got {group.dtype} {tuple(group.shape)}")
+        if self.meta is not None and len(self.meta) != b:
+            raise ValueError(f"Rollout.meta has {len(self.meta)} entries for {b} samples")
+        if self.token_offsets is not None and self.token_offsets.shape != (*ids.shape, 2):
+            raise ValueError(
+                f"Rollout.token_offsets must be [B, T, 2] = {(*ids.shape, 2)}, got {tuple(self.token_offsets.shape)}"
+            )
+        if self.logprobs is not None and self.logprobs.shape != ids.shape:
+            raise ValueError(f"Rollout.logprobs must be {tuple(ids.shape)}, got {tuple(self.logprobs.shape)}")
+        if self.prompt_ids is not None and self.prompt_ids.shape[0] != b:
+            raise ValueError(f"Rollout.prompt_ids must have B={b} rows, got {tuple(self.prompt_ids.shape)}")
+
+    def spans_to_tokens(self, spans: Sequence[Sequence[Span]]) -> torch.Tensor:
+        """Map per-sample character spans to the completion tokens that overlap them.
+
+        Args:
+            spans: for each sample, a list of ``(start, end)`` character spans (end
+                exclusive) into ``texts[i]``.
+
+        Returns:
+            BoolTensor [B, T]: True where a real token's character range overlaps at
+            least one span. A word split over several tokens marks all of them; a token
+            that covers a span and its neighbouring punctuation is marked too.
+        """
+        if len(spans) != self.batch_size:
+            raise ValueError(f"spans_to_tokens got spans for {len(spans)} samples, rollout has {self.batch_size}")
+        if self.token_offsets is None:
+            raise ValueError("this Rollout has no token_offsets; build it with a sampler or Rollout.from_texts")
+        b, t = self.completion_ids.shape
+        hit = torch.zeros(b, t, dtype=torch.bool)
+        starts = self.token_offsets[..., 0]
+        ends = self.token_offsets[..., 1]
+        nonempty = (ends > starts) & self.completion_mask
+        for i, sample_spans in enumerate(spans):
+            if not sample_spans:
+                continue
+            s = torch.tensor([sp[0] for sp in sample_spans], dtype=torch.long)
+            e = torch.tensor([sp[1] for sp in sample_spans], dtype=torch.long)
+            # token [a, b) overlaps span [s, e) iff a < e and s < b: one [T, S] comparison per sample
+            overlap = (starts[i, :, None] < e[None, :]) & (s[None, :] < ends[i, :, None])
+            hit[i] = overlap.any(dim=1) & nonempty[i]
+        return hit
+
+    @classmethod
+    def from_texts(
+        cls,
+        tokenizer: Any,
+        texts: Sequence[str],
+        group: Sequence[int] | torch.Tensor,
+        meta: Sequence[dict[str, Any]] | None = None,
+    ) -> "Rollout":
+        """Build a rollout from plain strings, so a reward can be tested without a sampler.
+
+        ``tokenizer`` is any Hugging Face-style tokenizer: called on one string with
+        ``add_special_tokens=False`` it must return ``input_ids``; if it is a fast
+        tokenizer its offset mapping is used, otherwise offsets come from incremental
+        decoding (:func:`token_char_offsets`).
+        """
+        ids_list: list[list[int]] = []
+        offsets_list: list[list[Span]] = []
+        for text in texts:
+            try:
+                enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+                ids = list(enc["input_ids"])
+                offs = [tuple(map(int, o)) for o in enc["offset_mapping"]]
+            except (NotImplementedError, TypeError, KeyError, ValueError):
+                ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+                offs = token_char_offsets(tokenizer, ids)
+            ids_list.append(ids)
+            offsets_list.append(offs)
+        t = max((len(x) for x in ids_list), default=0)
+        pad_id = getattr(tokenizer, "pad_token_id", None)
+        pad_id = 0 if pad_id is None else int(pad_id)
+        b = len(texts)
+        ids_t = torch.full((b, t), pad_id, dtype=torch.long)
+        mask = torch.zeros(b, t, dtype=torch.bool)
+        offsets = torch.zeros(b, t, 2, dtype=torch.long)
+        for i, (ids, offs) in enumerate(zip(ids_list, offsets_list)):
+            n = len(ids)
+            if n:
+                ids_t[i, :n] = torch.tensor(ids, dtype=torch.long)
+                mask[i, :n] = True
+                offsets[i, :n] = torch.tensor(offs, dtype=torch.long)
+        return cls(
+            texts=list(texts),
+            completion_ids=ids_t,
+            completion_mask=mask,
+            group=torch.as_tensor(list(group) if not isinstance(group, torch.Tensor) else group, dtype=torch.long),
+            meta=[dict(m) for m in meta] if meta is not None else None,
+            token_offsets=offsets,
+        )
+
+
+def token_char_offsets(tokenizer: Any, ids: Sequence[int], skip_special_tokens: bool = True) -> list[Span]:
+    """Character span of each token in ``tokenizer.decode(ids)``, by incremental decoding.
+
+    Works for any tokenizer with ``decode``; a token that only completes a multi-byte
+    character gets the span of the whole character, and tokens that decode to nothing
+    (special tokens when skipped) get an empty span at the current position.
+    """
+    offsets: list[Span] = []
+    prev = ""
+    for k in range(1, len(ids) + 1):
+        cur = tokenizer.decode(list(ids[:k]), skip_special_tokens=skip_special_tokens)
+        # a partial multi-byte character decodes to U+FFFD; it is not text yet
+        stable = cur.rstrip("\ufffd")
+        start = len(_common_prefix(prev, stable))
+        if len(stable) <= len(prev) and stable == prev[: len(stable)]:
+            offsets.append((len(stable), len(stable)))
+        else:
+            offsets.append((min(start, len(prev)), len(stable)))
+        prev = stable
+    return offsets
+
+
+def _common_prefix(a: str, b: str) -> str:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return a[:i]

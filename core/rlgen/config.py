@@ -76,10 +76,10 @@ class RunConfig(_Section):
     data: DataConfig
     group_size: int = Field(5, ge=1, description="G: completions sampled per prompt")
     sampler: PluginRef = Field(default_factory=lambda: PluginRef(name="hf"))
-    rewards: list[RewardRef] = Field(..., min_length=1)
+    rewards: list[RewardRef] = Field(..., min_length=1, description="reward providers with their weights")
     advantage: PluginRef = Field(default_factory=lambda: PluginRef(name="grpo"))
     trainer: PluginRef = Field(default_factory=lambda: PluginRef(name="relate.grpo"))
-    callbacks: list[PluginRef] = Field(default_factory=list)
+    callbacks: list[PluginRef] = Field(default_factory=list, description="lifecycle plugins (loggers, evaluators)")
     run: RunSection = Field(default_factory=RunSection)
 
     #: where the config came from, for error messages (not part of the schema)

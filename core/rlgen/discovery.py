@@ -8,6 +8,7 @@ import, and ``rlgen plugins`` must list such a module with its error instead of 
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import os
 import traceback
@@ -28,6 +29,8 @@ ENTRY_POINT_GROUP = "rlgen"
 ENV_DISABLE_AUTOLOAD = "RLGEN_DISABLE_PLUGIN_AUTOLOAD"
 #: comma-separated entry point names or plugin names to block
 ENV_BLOCK = "RLGEN_BLOCK_PLUGINS"
+#: comma-separated importable module names to register as plugins (like PYTEST_PLUGINS)
+ENV_EXTRA = "RLGEN_PLUGINS"
 
 #: plugin kind -> (registration hook, base class)
 KINDS: dict[str, tuple[str, type[Plugin]]] = {
@@ -226,6 +229,9 @@ def registry(plugins: Iterable[ModuleType | object] = (), *, autoload: bool | No
     Args:
         plugins: extra plugin modules or objects to register (tests, notebooks).
         autoload: load entry-point plugins; default True unless ``RLGEN_DISABLE_PLUGIN_AUTOLOAD=1``.
+
+    Modules named in ``RLGEN_PLUGINS`` (comma-separated import names) are registered too,
+    whatever ``autoload`` says.
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
@@ -258,6 +264,14 @@ def registry(plugins: Iterable[ModuleType | object] = (), *, autoload: bool | No
             except Exception as exc:
                 info.status = "error"
                 info.error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    for mod_name in [n.strip() for n in os.environ.get(ENV_EXTRA, "").split(",") if n.strip()]:
+        info = ModuleInfo(mod_name, mod_name, f"({ENV_EXTRA})", "")
+        modules.append(info)
+        try:
+            pm.register(importlib.import_module(mod_name), name=mod_name)
+        except Exception as exc:
+            info.status = "error"
+            info.error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     for obj in plugins:
         name = getattr(obj, "__name__", None) or f"{type(obj).__name__}@{id(obj):x}"
         if pm.get_plugin(name) is None:

@@ -1,0 +1,102 @@
+"""Config validation and the CLI: one clear message, non-zero exit, nothing written on error."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import rlgen
+from rlgen.config import apply_override, load_config, plan_run
+from rlgen.errors import ConfigError
+
+from . import toy_plugins
+from .test_loop import make_config
+
+
+@pytest.fixture
+def reg():
+    return rlgen.registry(plugins=[toy_plugins], autoload=False)
+
+
+def write(tmp_path: Path, cfg: dict) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_unknown_plugin_lists_installed_ones(tmp_path, reg):
+    cfg = make_config(tmp_path)
+    cfg["advantage"]["name"] = "nope"
+    with pytest.raises(ConfigError, match=r"run.yaml: advantage.name: unknown advantage plugin 'nope'; installed: toy.centred"):
+        plan_run(load_config(write(tmp_path, cfg)), reg)
+
+
+def test_ill_typed_param_names_plugin_and_field(tmp_path, reg):
+    cfg = make_config(tmp_path)
+    cfg["trainer"]["params"] = {"lr": "fast"}
+    with pytest.raises(ConfigError, match=r"plugin 'toy.trainer': key 'trainer.params.lr': Input should be a valid number"):
+        plan_run(load_config(write(tmp_path, cfg)), reg)
+
+
+def test_unknown_top_level_key_names_the_file(tmp_path):
+    cfg = make_config(tmp_path)
+    cfg["run"]["stpes"] = 3
+    with pytest.raises(ConfigError, match=r"run.yaml: unknown key 'run.stpes'"):
+        load_config(write(tmp_path, cfg))
+
+
+def test_overrides_parse_yaml_values_and_reach_lists():
+    raw = {"run": {"steps": 1}, "rewards": [{"name": "a"}]}
+    apply_override(raw, "run.steps=7")
+    apply_override(raw, "rewards.0.weight=0.25")
+    apply_override(raw, "advantage.name=rloo")
+    assert raw == {"run": {"steps": 7}, "rewards": [{"name": "a", "weight": 0.25}], "advantage": {"name": "rloo"}}
+    with pytest.raises(ConfigError, match="not an index"):
+        apply_override(raw, "rewards.3.weight=1")
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args):
+    """The real CLI in a subprocess, with the toy plugins registered by import name."""
+    env = {**os.environ, "RLGEN_PLUGINS": "tests.core.toy_plugins", "RLGEN_DISABLE_PLUGIN_AUTOLOAD": "1",
+           "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "rlgen.cli", *args], capture_output=True, text=True, env=env)
+
+
+def test_cli_errors_are_one_message_without_traceback(tmp_path):
+    cfg = make_config(tmp_path)
+    cfg["sampler"]["name"] = "nope"
+    path = write(tmp_path, cfg)
+    out = cli("train", str(path), "--set", "run.steps=2")
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert "error: " in out.stderr and "sampler.name: unknown sampler plugin 'nope'" in out.stderr
+    assert not (tmp_path / "run").exists()
+    bad = cli("validate", str(path), "--set", "group_size=zero")
+    assert bad.returncode == 2 and "key 'group_size'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_schema_is_json_schema_of_the_config():
+    out = cli("schema", "--no-plugins")
+    schema = json.loads(out.stdout)
+    assert set(schema["properties"]) >= {"model", "data", "group_size", "sampler", "rewards", "advantage", "trainer", "run"}
+    assert schema["required"] == ["data", "rewards"]
+    with_plugins = json.loads(cli("schema").stdout)
+    assert with_plugins["x-rlgen-plugin-params"]["trainer:toy.trainer"]["properties"]["lr"]["type"] == "number"
+
+
+def test_validate_then_train_through_the_cli(tmp_path):
+    path = write(tmp_path, make_config(tmp_path))
+    ok = cli("validate", str(path))
+    assert ok.returncode == 0 and "ok. 6 prompts" in ok.stdout
+    run = cli("train", str(path), "--set", "run.steps=3", "--set", "advantage.name=toy.centred")
+    assert run.returncode == 0, run.stderr
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3

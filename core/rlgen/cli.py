@@ -92,6 +92,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .generate import config_for_policy, generate_file
+
+    config_path = args.config or config_for_policy(args.policy)
+    if config_path is None:
+        raise RlgenError("--config is required unless --policy is a run's policy folder with config.yaml beside it")
+    config = load_config(config_path, args.set or [])
+    count = generate_file(config, policy=args.policy, data=args.data, out=args.out, n=args.n,
+                          batch_prompts=args.batch, seed=args.seed)
+    print(f"wrote {count} contexts x {args.n} completions to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlgen", description="Reinforcement learning for text generation, built from plugins.")
     parser.add_argument("--log-json", action="store_true", help="log JSON lines instead of readable console lines")
@@ -113,6 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="print the JSON schema of the run config (with every plugin's params)")
     p.add_argument("--no-plugins", action="store_true", help="omit the installed plugins' params schemas")
     p.set_defaults(func=_cmd_schema)
+
+    p = sub.add_parser("generate", help="generate completions for a file of contexts with a policy")
+    p.add_argument("--policy", help="a run's policy folder, an HF model id or folder, or builtin:NAME (default: the config's model)")
+    p.add_argument("--data", help="JSONL/Parquet contexts (default: the config's data; e.g. --set data.split=eval)")
+    p.add_argument("--out", type=Path, required=True, help="output JSONL: each context's fields plus 'ads'")
+    p.add_argument("--n", type=int, default=1, help="completions per context")
+    p.add_argument("--config", type=Path, help="run config for prompt template, fields and sampler (default: RUN/config.yaml)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--batch", type=int, default=8, help="contexts per generation batch")
+    p.add_argument("--seed", type=int, help="sampling seed (default: run.seed)")
+    p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("train", help="train a policy")
     with_config(p)

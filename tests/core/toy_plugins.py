@@ -49,6 +49,11 @@ class ToySampler(rlgen.Sampler):
     def setup(self, context: rlgen.RunContext) -> None:
         self.policy: TablePolicy | None = None
         self.tokenizer = CharTokenizer()
+        exported = Path(context.resolve_model(context.config.model.path)) / "model.safetensors"
+        if exported.exists():  # a policy folder written by ToyTrainer.export_policy
+            logits = load_file(str(exported))["logits"]
+            self.policy = TablePolicy(logits.shape[0])
+            self.policy.logits.data.copy_(logits)
 
     def sync_weights(self, trainer: rlgen.Trainer) -> dict[str, float]:
         self.policy = trainer.policy_module()

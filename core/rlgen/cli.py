@@ -106,6 +106,50 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .evaluate import load_evaluation, markdown_table, run_evaluation, summarize, write_evaluation
+    from .generate import config_for_policy, contexts_source, with_policy
+    from .interfaces import RunContext
+    from .loop import default_cache_dir
+
+    config_path = args.config or (config_for_policy(args.policy) if args.policy else None)
+    if config_path is None:
+        raise RlgenError("--config is required unless --policy is a run's policy folder with config.yaml beside it")
+    config, plan, registry = with_policy(load_config(config_path, args.set or []), args.policy, None)
+    ev = config.eval
+    baseline = load_evaluation(args.baseline) if args.baseline else None
+    source = contexts_source(config, registry, args.data or ev.data, split=ev.split)
+    limit = args.limit or ev.limit
+    if limit:
+        source.records = source.records[:limit]
+    seed = config.run.seed if args.seed is None else args.seed
+    context = RunContext(config=config, registry=registry, output_dir=args.out, cache_dir=default_cache_dir(config),
+                         seed=seed)
+    sampler = plan.sampler.build()
+    sampler.setup(context)
+    rewards = {p.alias or p.name: p.build() for p in plan.rewards}
+    for provider in rewards.values():
+        provider.setup(context)
+    result = run_evaluation(sampler, rewards, source, registry, config, seed=seed,
+                            samples_per_context=args.n or ev.samples_per_context)
+    result.summary = summarize(result, baseline, seed=seed)
+    write_evaluation(result, args.out)
+    print(markdown_table(result.summary), end="")
+    print(f"wrote {args.out / 'eval.json'} and {args.out / 'eval.md'}")
+    return 0
+
+
+def _cmd_new_plugin(args: argparse.Namespace) -> int:
+    from .scaffold import new_plugin
+
+    root = new_plugin(args.name, args.kind, args.dir)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        print(f"  {path}")
+    print(f"wrote the {args.kind} plugin package {root}; next: cd {root} && pip install -e '.[test]' && pytest")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlgen", description="Reinforcement learning for text generation, built from plugins.")
     parser.add_argument("--log-json", action="store_true", help="log JSON lines instead of readable console lines")
@@ -139,12 +183,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="sampling seed (default: run.seed)")
     p.set_defaults(func=_cmd_generate)
 
+    p = sub.add_parser("eval", help="evaluate a policy on held-out contexts, optionally against a baseline")
+    p.add_argument("--policy", help="a run's policy folder, an HF model id or folder, or builtin:NAME (default: the config's model)")
+    p.add_argument("--config", type=Path, help="run config (default: RUN/config.yaml beside --policy)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--data", help="JSONL/Parquet eval contexts (default: eval.data, else the eval split)")
+    p.add_argument("--limit", type=int, help="first N contexts (default: eval.limit)")
+    p.add_argument("--n", type=int, help="completions per context (default: eval.samples_per_context)")
+    p.add_argument("--baseline", type=Path, help="eval.json (or its folder) of the baseline policy, for relative deltas")
+    p.add_argument("--out", type=Path, required=True, help="folder for eval.json and eval.md")
+    p.add_argument("--seed", type=int, help="sampling seed (default: run.seed)")
+    p.set_defaults(func=_cmd_eval)
+
     p = sub.add_parser("train", help="train a policy")
     with_config(p)
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in run.output_dir")
     p.add_argument("--nproc", type=int, default=1, help="ranks on this machine (torchrun); multi-node: docs/multinode.md")
     p.add_argument("--log-json", action="store_true", dest="log_json_sub", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("new-plugin", help="write a new plugin package (pyproject with the entry point, class, test, README)")
+    p.add_argument("name", help="distribution name, e.g. acme-rewards (import name acme_rewards)")
+    p.add_argument("--kind", choices=["reward", "advantage", "sampler", "trainer"], default="reward",
+                   help="what the plugin is (default: reward)")
+    p.add_argument("--dir", type=Path, default=Path("."), help="folder to create the package in (default: .)")
+    p.set_defaults(func=_cmd_new_plugin)
     return parser
 
 

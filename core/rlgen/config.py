@@ -69,6 +69,14 @@ class RunSection(_Section):
     cache_dir: str | None = Field(None, description="where builtin models/data are materialised (default RLGEN_CACHE_DIR or ~/.cache/rlgen)")
 
 
+class EvalSection(_Section):
+    split: str = Field("eval", description="split of a builtin dataset to evaluate on")
+    data: str | None = Field(None, description="a .jsonl / .parquet file of eval contexts instead of the split")
+    limit: int | None = Field(64, ge=1, description="evaluate on the first N contexts (None: all)")
+    samples_per_context: int = Field(1, ge=1, description="completions per eval context")
+    every: int = Field(0, ge=0, description="evaluate during training every K steps (0: never)")
+
+
 class RunConfig(_Section):
     """A whole run. See docs/config.md for every key."""
 
@@ -80,6 +88,7 @@ class RunConfig(_Section):
     advantage: PluginRef = Field(default_factory=lambda: PluginRef(name="grpo"))
     trainer: PluginRef = Field(default_factory=lambda: PluginRef(name="relate.grpo"))
     callbacks: list[PluginRef] = Field(default_factory=list, description="lifecycle plugins (loggers, evaluators)")
+    eval: EvalSection = Field(default_factory=EvalSection)
     run: RunSection = Field(default_factory=RunSection)
 
     #: where the config came from, for error messages (not part of the schema)

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import tqdm
 
-from .config import RunConfig, plan_run
+from .config import RunConfig, RunPlan, plan_run
 from .data import PromptSource, read_records
 from .discovery import Registry, registry as discover
 from .errors import ConfigError
 from .interfaces import RunContext
-from .loop import build_prompt_source, default_cache_dir, seed_everything, step_seed
+from .loop import build_prompt_source, default_cache_dir
+from .seeding import seed_everything, step_seed
 
 
 def generate_file(
@@ -33,23 +34,14 @@ def generate_file(
     progress: bool = True,
 ) -> int:
     """Write one JSON line per context: its fields plus ``ads`` (``n`` completions). Returns the line count."""
-    if policy:
-        config = config.model_copy(update={"model": config.model.model_copy(update={"path": policy})})
-    registry = registry or discover()
-    plan = plan_run(config, registry)
-    cache_dir = default_cache_dir(config)
-    source = build_prompt_source(config, registry, cache_dir)
-    if data:
-        records = read_records(data, dict(config.data.fields))
-        source = PromptSource(records, source.template, batch_prompts, config.run.seed, source.system_prompt,
-                              shuffle=False, origin=data)
-    seed = config.run.seed if seed is None else seed
-    sampler = plan.sampler.build()
-    context = RunContext(config=config, registry=registry, output_dir=out.parent, cache_dir=cache_dir,
-                         seed=seed, rank=0, world_size=1)
-    sampler.setup(context)
     if n < 1:
         raise ConfigError("--n must be at least 1")
+    config, plan, registry = with_policy(config, policy, registry)
+    seed = config.run.seed if seed is None else seed
+    source = contexts_source(config, registry, data, split=None)
+    sampler = plan.sampler.build()
+    sampler.setup(RunContext(config=config, registry=registry, output_dir=out.parent,
+                             cache_dir=default_cache_dir(config), seed=seed))
     out.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     tmp = out.with_name(out.name + ".tmp")
@@ -73,6 +65,24 @@ def generate_file(
         if tmp.exists():
             tmp.unlink()
     return written
+
+
+def with_policy(config: RunConfig, policy: str | None, registry: Registry | None) -> tuple[RunConfig, RunPlan, Registry]:
+    """The config with ``model.path`` pointing at ``policy``, its validated plan, and the registry."""
+    if policy:
+        config = config.model_copy(update={"model": config.model.model_copy(update={"path": policy})})
+    registry = registry or discover()
+    return config, plan_run(config, registry), registry
+
+
+def contexts_source(config: RunConfig, registry: Registry, data: str | None, split: str | None) -> PromptSource:
+    """Contexts in file order (no shuffling): ``data`` if given, else the config's data (``split`` for builtin)."""
+    if split is not None and config.data.path.startswith("builtin:"):
+        config = config.model_copy(update={"data": config.data.model_copy(update={"split": split})})
+    source = build_prompt_source(config, registry, default_cache_dir(config))
+    records = read_records(data, dict(config.data.fields)) if data else source.records
+    return PromptSource(records, source.template, 1, config.run.seed, source.system_prompt, shuffle=False,
+                        origin=data or config.origin)
 
 
 def config_for_policy(policy: str) -> Path | None:

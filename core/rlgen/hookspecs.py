@@ -86,6 +86,28 @@ def rlgen_builtin_dataset(name: str, split: str, cache_dir: Path) -> "BuiltinDat
     """
 
 
+# -- evaluation ---------------------------------------------------------------------------
+
+
+@hookspec
+def rlgen_eval_metrics(
+    texts: list[str], meta: list[dict[str, Any]], group: list[int], rewards: dict[str, list[float]], config: "RunConfig"
+) -> "dict[str, list[float] | float] | None":
+    """Add evaluation metrics for a set of generated completions (``rlgen eval`` and ``run.eval_every``).
+
+    Called once for the whole evaluation set, so set-level measures (diversity, self-BLEU) see
+    every completion.
+
+    :param texts: every completion, in order.
+    :param meta: the context fields of each completion.
+    :param group: index of the context each completion answers.
+    :param rewards: each configured reward's sentence-level value per completion.
+    :param config: the run configuration.
+    :return: metric name -> one value per completion (averaged, with a bootstrap confidence
+        interval over contexts) or a single number for set-level metrics; or None.
+    """
+
+
 # -- lifecycle ----------------------------------------------------------------------------
 
 

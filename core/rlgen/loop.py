@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from .interfaces import Plugin, RunContext
 from .logs import get_logger
 from .discovery import Registry, registry as discover
 from .reward import RewardResult, check_reward_result
+from .seeding import seed_everything, step_seed
 
 log = get_logger("rlgen.loop")
 
@@ -48,20 +48,6 @@ def default_cache_dir(config: RunConfig) -> Path:
 def distributed_env() -> tuple[int, int]:
     """(rank, world size) as set by torchrun or the deepspeed launcher; (0, 1) otherwise."""
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def step_seed(seed: int, step: int, rank: int) -> int:
-    return (seed * 1_000_003 + step * 10_007 + rank * 101) % (2**31 - 1)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-    try:
-        import numpy as np
-    except ImportError:
-        return
-    np.random.seed(seed % (2**32))
 
 
 def build_prompt_source(config: RunConfig, registry: Registry, cache_dir: Path) -> PromptSource:
@@ -131,6 +117,7 @@ class _Run:
         self.rewards = {p.alias or p.name: p.build() for p in plan.rewards}
         self.weights = {p.alias or p.name: p.weight for p in plan.rewards}
         self.callbacks = [p.build() for p in plan.callbacks]
+        self._eval: tuple[PromptSource, dict[str, Plugin]] | None = None
 
     # -- plugin state ---------------------------------------------------------------------
 
@@ -220,6 +207,26 @@ class _Run:
         })
         return metrics, rollout, rewards, adv
 
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Held-out metrics with the live policy; rewards are fresh instances so that stateful
+        ones (rolling windows) do not learn from eval completions."""
+        from .evaluate import run_evaluation
+        from .generate import contexts_source
+
+        ev = self.config.eval
+        if self._eval is None:
+            source = contexts_source(self.config, self.registry, ev.data, split=ev.split)
+            if ev.limit:
+                source.records = source.records[: ev.limit]
+            rewards = {p.alias or p.name: p.build() for p in self.plan.rewards}
+            for r in rewards.values():
+                r.setup(self.context)
+            self._eval = (source, rewards)
+        source, rewards = self._eval
+        result = run_evaluation(self.sampler, rewards, source, self.registry, self.config,  # type: ignore[arg-type]
+                                samples_per_context=ev.samples_per_context, seed=self.config.run.seed, progress=False)
+        return {f"eval/{k}": v["mean"] for k, v in result.summary.items()}
+
     def run(self, resume: bool) -> RunResult:
         cfg = self.config
         torch.set_num_threads(cfg.run.threads)
@@ -256,6 +263,8 @@ class _Run:
             for step in range(start + 1, cfg.run.steps + 1):
                 metrics, rollout, rewards, adv = self.step(step)
                 metrics = {"step": step, **metrics}
+                if cfg.eval.every and step % cfg.eval.every == 0:
+                    metrics.update(self.evaluate(step))
                 history.append(metrics)
                 if self.context.is_main:
                     with metrics_path.open("a") as fh:
@@ -283,7 +292,9 @@ class _Run:
             bar.close()
             for cb in self.callbacks:
                 self.registry.pm.unregister(cb)
-            for plugin in [*self.callbacks, *self.rewards.values(), self.advantage, self.sampler, self.trainer]:
+            eval_rewards = list(self._eval[1].values()) if self._eval else []
+            for plugin in [*self.callbacks, *self.rewards.values(), *eval_rewards, self.advantage, self.sampler,
+                           self.trainer]:
                 plugin.close()
         return RunResult(self.output_dir, step, history)
 

@@ -117,11 +117,13 @@ def derive_names(name: str, kind: str) -> PluginNames:
             "starting and ending with a letter or digit (e.g. acme-rewards)"
         )
     package = re.sub(r"[-_.]+", "_", name).lower()
-    if not package.isidentifier() or keyword.iskeyword(package):
+    if not package.isidentifier():
         raise RlgenError(
             f"'{name}' gives the import name '{package}', which is not a Python identifier; "
             "start the name with a letter (e.g. acme-rewards)"
         )
+    if keyword.iskeyword(package):
+        raise RlgenError(f"'{name}' gives the import name '{package}', which is a Python keyword; choose another name")
     if package in _RESERVED or package in sys.stdlib_module_names:
         raise RlgenError(f"'{name}' gives the import name '{package}', which would shadow an existing module; choose another name")
     if importlib.util.find_spec(package) is not None:
@@ -167,12 +169,18 @@ def new_plugin(name: str, kind: str = "reward", directory: str | Path = ".") -> 
     The folder must not exist yet. Nothing is written when validation fails.
     """
     names = derive_names(name, kind)
-    root = Path(directory) / name
+    parent = Path(directory)
+    if parent.exists() and not parent.is_dir():
+        raise RlgenError(f"--dir {parent} is not a folder")
+    root = parent / name
     if root.exists():
         raise RlgenError(f"{root} already exists; choose another --dir or name")
     files = render(kind, names)
-    for rel, text in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+    try:
+        for rel, text in files.items():
+            path = root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise RlgenError(f"cannot write the plugin package to {root}: {exc}") from exc
     return root

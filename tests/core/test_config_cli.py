@@ -120,3 +120,28 @@ def test_generate_uses_the_trained_policy_and_the_runs_config(tmp_path):
     # the trained policy writes mostly a's; an untrained one would not (1 in 6 letters)
     ads = "".join(a for x in lines for a in x["ads"])
     assert ads.count("a") / max(len(ads), 1) > 0.5
+
+
+def test_eval_reports_metrics_with_intervals_and_deltas_against_a_baseline(tmp_path):
+    cfg = make_config(tmp_path)
+    cfg["rewards"] = [{"name": "toy.count", "params": {"letter": "a"}}]
+    cfg["trainer"]["params"] = {"lr": 1.0}
+    cfg["eval"] = {"data": str(tmp_path / "prompts.jsonl"), "samples_per_context": 4, "every": 10}
+    path = write(tmp_path, cfg)
+    assert cli("train", str(path), "--set", "run.steps=1", "--set", f"run.output_dir={tmp_path / 'base'}").returncode == 0
+    assert cli("train", str(path), "--set", "run.steps=20").returncode == 0
+    # periodic eval during training lands in the metrics
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "eval/reward/toy.count" in metrics[9] and "eval/reward/toy.count" not in metrics[8]
+
+    base = cli("eval", "--policy", str(tmp_path / "base" / "policy"), "--out", str(tmp_path / "eval_base"))
+    assert base.returncode == 0, base.stderr
+    res = cli("eval", "--policy", str(tmp_path / "run" / "policy"), "--out", str(tmp_path / "eval_run"),
+              "--baseline", str(tmp_path / "eval_base"))
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((tmp_path / "eval_run" / "eval.json").read_text())["summary"]
+    row = summary["reward/toy.count"]
+    assert row["ci_low"] <= row["mean"] <= row["ci_high"]
+    assert row["mean"] > row["baseline"] and row["delta"] > 0 and row["delta_ci_low"] > 0
+    assert set(summary) == {"reward/toy.count", "toy/length", "toy/distinct_texts"}
+    assert "| reward/toy.count |" in (tmp_path / "eval_run" / "eval.md").read_text()

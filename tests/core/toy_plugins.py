@@ -233,3 +233,8 @@ def rlgen_advantage_combiners():
 @rlgen.hookimpl
 def rlgen_callbacks():
     return [Recorder]
+
+
+@rlgen.hookimpl
+def rlgen_eval_metrics(texts, group):
+    return {"toy/length": [float(len(t)) for t in texts], "toy/distinct_texts": len(set(texts)) / len(texts)}

@@ -1,0 +1,168 @@
+"""Evaluation: generate on held-out contexts, score, and compare with a baseline.
+
+Per-completion metrics come from the configured rewards and from ``rlgen_eval_metrics`` hook
+implementations; the core only aggregates them: means with bootstrap confidence intervals over
+contexts, and relative deltas against a baseline evaluation of the same contexts (paper Eq. 10
+for CTCVR, the same formula for every metric).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import tqdm
+
+from .data import PromptSource
+from .discovery import Registry
+from .errors import ConfigError
+from .interfaces import RewardProvider, Sampler
+from .seeding import seed_everything, step_seed
+from .reward import check_reward_result
+
+BOOTSTRAP_SAMPLES = 1000
+
+
+@dataclass
+class EvalResult:
+    """Per-completion values and set-level numbers of one evaluation."""
+
+    per_sample: dict[str, list[float]]
+    scalars: dict[str, float]
+    texts: list[str]
+    meta: list[dict[str, Any]]
+    group: list[int]
+    summary: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"summary": self.summary, "scalars": self.scalars, "per_sample": self.per_sample, "group": self.group,
+                "samples": [{"text": t, "context": m} for t, m in zip(self.texts, self.meta)]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "EvalResult":
+        samples = data["samples"]
+        return cls(data["per_sample"], data["scalars"], [s["text"] for s in samples], [s["context"] for s in samples],
+                   data["group"], data.get("summary", {}))
+
+
+def run_evaluation(
+    sampler: Sampler,
+    rewards: dict[str, RewardProvider],
+    source: PromptSource,
+    registry: Registry,
+    config: Any,
+    *,
+    samples_per_context: int,
+    seed: int,
+    batch_prompts: int = 8,
+    progress: bool = True,
+) -> EvalResult:
+    """Generate for every context of ``source`` (in order) and gather every metric."""
+    texts: list[str] = []
+    meta: list[dict[str, Any]] = []
+    group: list[int] = []
+    per_reward: dict[str, list[float]] = {k: [] for k in rewards}
+    records = source.records
+    with tqdm.tqdm(total=len(records), unit="ctx", desc="eval", disable=not progress) as bar:
+        for start in range(0, len(records), batch_prompts):
+            chunk = records[start : start + batch_prompts]
+            batch_seed = step_seed(seed, 1_000_000 + start // batch_prompts, 0)
+            seed_everything(batch_seed)
+            rollout = sampler.generate([source.prompt(r) for r in chunk], samples_per_context, batch_seed)
+            for key, provider in rewards.items():
+                res = check_reward_result(provider.score(rollout), plugin=provider.name,
+                                          granularity=provider.granularity, rollout=rollout)
+                per_reward[key] += res.to_sentence(rollout.completion_mask).tolist()
+            texts += rollout.texts
+            meta += rollout.meta or [dict(chunk[int(g)]) for g in rollout.group]
+            group += [start + int(g) for g in rollout.group]
+            bar.update(len(chunk))
+    per_sample = {f"reward/{k}": v for k, v in per_reward.items()}
+    scalars: dict[str, float] = {}
+    for extra in registry.pm.hook.rlgen_eval_metrics(texts=texts, meta=meta, group=group, rewards=per_reward,
+                                                     config=config):
+        for name, value in (extra or {}).items():
+            if isinstance(value, (int, float)):
+                scalars[name] = float(value)
+            else:
+                values = [float(v) for v in value]
+                if len(values) != len(texts):
+                    raise ConfigError(f"eval metric '{name}' has {len(values)} values for {len(texts)} completions")
+                per_sample[name] = values
+    result = EvalResult(per_sample, scalars, texts, meta, group)
+    result.summary = summarize(result, seed=seed)
+    return result
+
+
+def _context_means(values: list[float], group: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    v = torch.tensor(values, dtype=torch.float64)
+    g = torch.tensor(group)
+    ids, inverse = torch.unique(g, return_inverse=True)
+    sums = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, inverse, v)
+    counts = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, inverse, torch.ones_like(v))
+    return ids, sums / counts
+
+
+def summarize(
+    result: EvalResult, baseline: EvalResult | None = None, *, seed: int = 0, level: float = 0.95
+) -> dict[str, dict[str, float]]:
+    """Mean and bootstrap CI (over contexts) of every per-sample metric; with a baseline, the
+    relative delta (x - base) / base (Eq. 10) and its paired bootstrap CI."""
+    gen = torch.Generator().manual_seed(seed)
+    lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
+    out: dict[str, dict[str, float]] = {}
+    for name, values in sorted(result.per_sample.items()):
+        ids, ctx = _context_means(values, result.group)
+        idx = torch.randint(len(ctx), (BOOTSTRAP_SAMPLES, len(ctx)), generator=gen)
+        boots = ctx[idx].mean(dim=1)
+        row = {"mean": float(ctx.mean()), "ci_low": float(boots.quantile(lo_q)), "ci_high": float(boots.quantile(hi_q))}
+        if baseline is not None and name in baseline.per_sample:
+            b_ids, b_ctx = _context_means(baseline.per_sample[name], baseline.group)
+            if not torch.equal(ids, b_ids):
+                raise ConfigError(f"the baseline was evaluated on other contexts than this run ({len(b_ids)} vs {len(ids)})")
+            base_mean = b_ctx.mean()
+            row["baseline"] = float(base_mean)
+            if abs(float(base_mean)) > 1e-12:
+                b_boot = b_ctx[idx].mean(dim=1)  # paired: the same resampled contexts for both
+                deltas = (boots - b_boot) / b_boot.abs().clamp(min=1e-12)
+                row["delta"] = float((ctx.mean() - base_mean) / abs(base_mean))
+                row["delta_ci_low"] = float(deltas.quantile(lo_q))
+                row["delta_ci_high"] = float(deltas.quantile(hi_q))
+        out[name] = row
+    for name, value in sorted(result.scalars.items()):
+        out[name] = {"mean": value}
+    return out
+
+
+def markdown_table(summary: dict[str, dict[str, float]]) -> str:
+    has_base = any("delta" in row for row in summary.values())
+    head = "| metric | mean | 95% CI |" + (" baseline | relative delta | delta 95% CI |" if has_base else "")
+    sep = "| --- | ---: | --- |" + (" ---: | ---: | --- |" if has_base else "")
+    lines = [head, sep]
+    for name, row in summary.items():
+        ci = f"[{row['ci_low']:.4g}, {row['ci_high']:.4g}]" if "ci_low" in row else ""
+        line = f"| {name} | {row['mean']:.4g} | {ci} |"
+        if has_base:
+            if "delta" in row:
+                line += (f" {row['baseline']:.4g} | {row['delta']:+.2%} |"
+                         f" [{row['delta_ci_low']:+.2%}, {row['delta_ci_high']:+.2%}] |")
+            else:
+                line += " | | |"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def write_evaluation(result: EvalResult, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "eval.json").write_text(json.dumps(result.to_json(), ensure_ascii=False))
+    (out_dir / "eval.md").write_text(markdown_table(result.summary))
+
+
+def load_evaluation(path: Path) -> EvalResult:
+    p = path / "eval.json" if path.is_dir() else path
+    if not p.exists():
+        raise ConfigError(f"baseline evaluation {p} does not exist (run `rlgen eval` for the baseline first)")
+    return EvalResult.from_json(json.loads(p.read_text()))

@@ -23,7 +23,8 @@ class Rollout:
         texts: decoded completions, exactly the strings rewards judge.
         completion_ids: LongTensor [B, T], right-padded.
         completion_mask: BoolTensor [B, T], True on real completion tokens (up to and
-            including the first EOS).
+            including the first EOS). It may have gaps: tokens a post-processor removed
+            from the text (e.g. a leading quote) are masked out where they stand.
         group: LongTensor [B], index of the prompt each sample answers; samples of one
             prompt share a value.
 

@@ -1,0 +1,163 @@
+"""Public helpers that load tokenizers, causal LMs and embedders the same way in every plugin.
+
+The sampler here and the trainers in other distributions (e.g. ``rlgen_relate``'s DeepSpeed
+GRPO trainer) call these so that a model spec means the same thing everywhere: ``builtin:NAME``
+is one of the embedded offline models, anything else is a local folder or a Hugging Face model
+id loaded the ordinary way. ``trust_remote_code`` stays off unless the caller turns it on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from rlgen import PluginError
+
+from .cache import default_cache_dir
+
+BUILTIN_PREFIX = "builtin:"
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+
+
+def _builtin_builders() -> dict[str, Callable[[Path], Path]]:
+    from .minilm import minilm_folder
+    from .smollm2 import ensure_smollm2
+    from .tiny_llama import ensure_tiny_llama
+
+    return {
+        "tiny-llama": ensure_tiny_llama,
+        "smollm2-135m-instruct": ensure_smollm2,
+        "minilm-l6": lambda cache_dir: minilm_folder(),
+    }
+
+
+def builtin_model_names() -> list[str]:
+    """Names this distribution resolves after ``builtin:``."""
+    return sorted(_builtin_builders())
+
+
+def resolve_builtin_model(name: str, cache_dir: Path | str | None = None) -> Path | None:
+    """Local folder of the embedded model ``name`` (built or converted on first use), or None if unknown.
+
+    Args:
+        name: e.g. ``tiny-llama``, ``smollm2-135m-instruct``, ``minilm-l6`` (without ``builtin:``).
+        cache_dir: where built/converted copies are kept; defaults to :func:`default_cache_dir`.
+    """
+    builder = _builtin_builders().get(name)
+    if builder is None:
+        return None
+    return Path(builder(Path(cache_dir) if cache_dir is not None else default_cache_dir()))
+
+
+def resolve_model_path(spec: str | Path, cache_dir: Path | str | None = None) -> str:
+    """``builtin:NAME`` -> local folder; any other spec (local path or hub id) is returned unchanged.
+
+    Plugins running inside a run should prefer ``context.resolve_model(spec)``, which also
+    knows builtin names that other installed distributions provide.
+    """
+    spec = str(spec)
+    if not spec.startswith(BUILTIN_PREFIX):
+        return spec
+    name = spec[len(BUILTIN_PREFIX) :]
+    folder = resolve_builtin_model(name, cache_dir)
+    if folder is None:
+        raise PluginError(f"unknown builtin model {spec!r}; rlgen-plugins provides {builtin_model_names()}")
+    return str(folder)
+
+
+def torch_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
+    """Map a config dtype name (``float32``, ``bf16``, ``float16``, ...) to a torch dtype; ``auto`` passes through."""
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise PluginError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)} or 'auto'") from None
+
+
+def load_tokenizer(
+    path: str | Path,
+    trust_remote_code: bool = False,
+    padding_side: str = "left",
+    cache_dir: Path | str | None = None,
+) -> Any:
+    """Load a Hugging Face tokenizer ready for batched generation.
+
+    Args:
+        path: ``builtin:NAME``, a local folder, or a hub id.
+        trust_remote_code: allow custom tokenizer code shipped with the model (off by default).
+        padding_side: ``left`` for generation (the default), ``right`` for training batches.
+        cache_dir: cache for builtin models (default :func:`default_cache_dir`).
+
+    A tokenizer without a pad token gets its EOS token as pad token, which is what causal LMs
+    that never saw padding expect (the attention mask hides it anyway).
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        resolve_model_path(path, cache_dir), trust_remote_code=trust_remote_code
+    )
+    tokenizer.padding_side = padding_side
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise PluginError(f"tokenizer of {path!r} has neither a pad nor an EOS token; cannot pad batches")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(
+    path: str | Path,
+    dtype: str | torch.dtype = "float32",
+    trust_remote_code: bool = False,
+    device: str | torch.device | None = None,
+    cache_dir: Path | str | None = None,
+    **kwargs: Any,
+) -> torch.nn.Module:
+    """Load a causal LM (``AutoModelForCausalLM``) from safetensors, in eval mode.
+
+    Args:
+        path: ``builtin:NAME``, a local folder, or a hub id.
+        dtype: ``float32`` (default), ``bfloat16``, ``float16`` or ``auto``.
+        trust_remote_code: allow custom modelling code shipped with the model (off by default).
+        device: where to put the model (default: CPU, where from_pretrained loads it).
+        cache_dir: cache for builtin models (default :func:`default_cache_dir`).
+        **kwargs: passed to ``from_pretrained`` (e.g. ``attn_implementation``).
+    """
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model_path(path, cache_dir),
+        dtype=torch_dtype(dtype),
+        trust_remote_code=trust_remote_code,
+        use_safetensors=kwargs.pop("use_safetensors", None),
+        **kwargs,
+    )
+    if device is not None:
+        model.to(device)
+    return model.eval()
+
+
+def load_embedder(
+    path: str | Path = "builtin:minilm-l6",
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+    cache_dir: Path | str | None = None,
+) -> Any:
+    """Load a sentence-transformers embedder (default: the embedded all-MiniLM-L6-v2), offline for builtins."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(
+        resolve_model_path(path, cache_dir), device=str(device), trust_remote_code=trust_remote_code
+    )

@@ -1,0 +1,111 @@
+"""RELATE's evaluation metrics (paper 4.1.2), added to `rlgen eval` through ``rlgen_eval_metrics``.
+
+- Compliance rate, Eq. 11: share of ads that pass risk control (no blacklisted phrase) and every
+  format rule, judged with the run's own ``relate.risk`` / ``relate.format`` params.
+- Diversity, Eq. 12: the training diversity reward applied to the evaluation set, scaled to
+  [0, 1] per ad as 1 - (share of its words inside frequent n-grams); higher is better.
+- distinct-2 and self-BLEU (nltk), for comparison with the literature.
+
+The simulator's CTCVR is added by :mod:`rlgen_relate.simulator` when it is installed with a log
+model; predicted CTCVR is simply the mean of the ``relate.ctcvr`` reward.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+
+import rlgen
+
+from .rewards.diversity import DiversityReward
+from .rewards.format import FormatReward
+from .rewards.risk import RiskReward
+
+_WORD = re.compile(r"\S+")
+
+
+class WordTokenizer:
+    """Whitespace-delimited words with character offsets: the unit Eq. 12 counts in."""
+
+    pad_token_id = 0
+
+    def __call__(self, text: str, add_special_tokens: bool = False, return_offsets_mapping: bool = False):
+        spans = [m.span() for m in _WORD.finditer(text)]
+        out: dict[str, Any] = {"input_ids": [1] * len(spans)}
+        if return_offsets_mapping:
+            out["offset_mapping"] = spans
+        return out
+
+
+def _configured(config: Any, cls: type[rlgen.RewardProvider]) -> rlgen.RewardProvider:
+    """The reward as the run configured it (same params), or with defaults when the run does not use it."""
+    for ref in getattr(config, "rewards", []):
+        if ref.name == cls.name:
+            return cls(cls.Params.model_validate(ref.params))
+    return cls()
+
+
+def compliance(texts: list[str], meta: list[dict[str, Any]], config: Any) -> tuple[list[float], list[float], list[float]]:
+    """Per ad: (passes risk and format [Eq. 11], passes format, passes risk) as 0/1."""
+    risk = _configured(config, RiskReward)
+    fmt = _configured(config, FormatReward)
+    spans, _ = risk.find_spans(texts)  # type: ignore[attr-defined]
+    risk_ok = [0.0 if s else 1.0 for s in spans]
+    format_ok = [0.0 if fmt.check(t, None, m) else 1.0 for t, m in zip(texts, meta)]  # type: ignore[attr-defined]
+    both = [r * f for r, f in zip(risk_ok, format_ok)]
+    return both, format_ok, risk_ok
+
+
+def diversity_scores(texts: list[str], meta: list[dict[str, Any]], group: list[int], config: Any) -> list[float]:
+    """Eq. 12 per ad, in [0, 1]: 1 - share of the ad's words covered by frequent n-grams of the set."""
+    reward = _configured(config, DiversityReward)  # fresh: the evaluation set alone defines what is frequent
+    rollout = rlgen.Rollout.from_texts(WordTokenizer(), texts, group=group, meta=meta)
+    penalised = (reward.score(rollout).values != 0) & rollout.completion_mask
+    words = rollout.completion_mask.sum(1).clamp(min=1)
+    return (1.0 - penalised.sum(1) / words).tolist()
+
+
+def distinct_n(texts: list[str], n: int = 2) -> float:
+    """Unique n-grams over all n-grams of the set (Li et al. 2016)."""
+    grams = [tuple(w[i : i + n]) for w in (t.lower().split() for t in texts) for i in range(len(w) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def self_bleu(texts: list[str], max_refs: int = 200) -> float:
+    """Mean BLEU-4 of each ad against the others (Zhu et al. 2018); lower means more diverse."""
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+
+    tokens = [t.lower().split() for t in texts]
+    smooth = SmoothingFunction().method1
+    gen = torch.Generator().manual_seed(0)
+    scores = []
+    for i, hyp in enumerate(tokens):
+        if not hyp:
+            continue
+        others = [j for j in range(len(tokens)) if j != i and tokens[j]]
+        if len(others) > max_refs:  # bounded cost on large sets: a seeded sample of references
+            others = [others[k] for k in torch.randperm(len(others), generator=gen)[:max_refs].tolist()]
+        if others:
+            scores.append(sentence_bleu([tokens[j] for j in others], hyp, smoothing_function=smooth))
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def uses_relate(config: Any) -> bool:
+    return any(ref.name.startswith("relate.") for ref in getattr(config, "rewards", []))
+
+
+@rlgen.hookimpl
+def rlgen_eval_metrics(texts, meta, group, config):
+    if not uses_relate(config) or not texts:
+        return None
+    both, format_ok, risk_ok = compliance(texts, meta, config)
+    return {
+        "relate/compliance_rate": both,
+        "relate/format_pass_rate": format_ok,
+        "relate/risk_pass_rate": risk_ok,
+        "relate/diversity": diversity_scores(texts, meta, group, config),
+        "relate/distinct_2": distinct_n(texts, 2),
+        "relate/self_bleu": self_bleu(texts),
+    }

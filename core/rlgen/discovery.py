@@ -167,8 +167,12 @@ class Registry:
     # -- lookup ---------------------------------------------------------------------------
 
     def table(self, kind: str) -> dict[str, type[Plugin]]:
-        return {"reward": self.rewards, "advantage": self.advantages, "sampler": self.samplers,
-                "trainer": self.trainers, "callback": self.callbacks}[kind]  # type: ignore[return-value]
+        """Plugins of one kind by name; ``kind`` is one of :data:`KINDS` (singular, e.g. ``"reward"``)."""
+        tables = {"reward": self.rewards, "advantage": self.advantages, "sampler": self.samplers,
+                  "trainer": self.trainers, "callback": self.callbacks}
+        if kind not in tables:
+            raise PluginError(f"unknown plugin kind {kind!r}; kinds: {', '.join(tables)}")
+        return tables[kind]  # type: ignore[return-value]
 
     def get(self, kind: str, name: str) -> type[Plugin]:
         """The class of plugin ``name``; PluginError listing the installed ones if unknown or unusable."""

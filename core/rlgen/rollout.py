@@ -105,19 +105,17 @@ class Rollout:
         if self.token_offsets is None:
             raise ValueError("this Rollout has no token_offsets; build it with a sampler or Rollout.from_texts")
         b, t = self.completion_ids.shape
-        hit = torch.zeros(b, t, dtype=torch.bool)
+        counts = [len(s) for s in spans]
+        if not any(counts):
+            return torch.zeros(b, t, dtype=torch.bool)
         starts = self.token_offsets[..., 0]
         ends = self.token_offsets[..., 1]
         nonempty = (ends > starts) & self.completion_mask
-        for i, sample_spans in enumerate(spans):
-            if not sample_spans:
-                continue
-            s = torch.tensor([sp[0] for sp in sample_spans], dtype=torch.long)
-            e = torch.tensor([sp[1] for sp in sample_spans], dtype=torch.long)
-            # token [a, b) overlaps span [s, e) iff a < e and s < b: one [T, S] comparison per sample
-            overlap = (starts[i, :, None] < e[None, :]) & (s[None, :] < ends[i, :, None])
-            hit[i] = overlap.any(dim=1) & nonempty[i]
-        return hit
+        flat = torch.tensor([sp for sample in spans for sp in sample], dtype=torch.long).view(-1, 2)
+        owner = torch.repeat_interleave(torch.arange(b), torch.tensor(counts))
+        # token [a, b) overlaps span [s, e) iff a < e and s < b: one [S, T] comparison for all spans at once
+        overlap = (starts[owner] < flat[:, 1:]) & (flat[:, :1] < ends[owner]) & nonempty[owner]
+        return torch.zeros(b, t, dtype=torch.int32).index_add_(0, owner, overlap.int()) > 0
 
     @classmethod
     def from_texts(

@@ -1,0 +1,42 @@
+"""RELATE's reward providers (paper 3.3), one module each, registered with rlgen here.
+
+Sentence-level: ``relate.length``, ``relate.format``, ``relate.relevance``, ``relate.correctness``.
+Token-level (paper Eq. 5): ``relate.risk`` (blacklisted phrases), ``relate.diversity`` (frequent n-grams).
+``relate.ctcvr`` lives with its model in :mod:`rlgen_relate.ctcvr`.
+"""
+
+from __future__ import annotations
+
+import rlgen
+
+from .correctness import CorrectnessReward
+from .diversity import DiversityReward
+from .format import FormatReward
+from .length import LengthReward
+from .relevance import RelevanceReward
+from .risk import RiskReward
+
+PROVIDERS: list[type[rlgen.RewardProvider]] = [
+    LengthReward,
+    FormatReward,
+    RelevanceReward,
+    CorrectnessReward,
+    RiskReward,
+    DiversityReward,
+]
+
+
+@rlgen.hookimpl
+def rlgen_reward_providers() -> list[type[rlgen.RewardProvider]]:
+    return list(PROVIDERS)
+
+
+__all__ = [
+    "CorrectnessReward",
+    "DiversityReward",
+    "FormatReward",
+    "LengthReward",
+    "RelevanceReward",
+    "RiskReward",
+    "rlgen_reward_providers",
+]

@@ -84,7 +84,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .loop import prepare, train
 
     config = _load(args)
-    if args.nproc > 1 and "RANK" not in os.environ:
+    # launch ranks unless this process already is one (torchrun / deepspeed set WORLD_SIZE)
+    if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         prepare(config)  # fail here, once, before N processes start
         return _launch_ranks(args)
     result = train(config, resume=args.resume)
@@ -200,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in run.output_dir")
     p.add_argument("--nproc", type=int, default=1, help="ranks on this machine (torchrun); multi-node: docs/multinode.md")
     p.add_argument("--log-json", action="store_true", dest="log_json_sub", help=argparse.SUPPRESS)
+    # the deepspeed launcher passes --local_rank; the rank is read from the environment instead
+    p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("new-plugin", help="write a new plugin package (pyproject with the entry point, class, test, README)")

@@ -84,10 +84,12 @@ def _all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return values
     keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    # nccl reduces only accelerator tensors; gloo only CPU ones
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.distributed.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     torch.distributed.all_reduce(t)
     t /= torch.distributed.get_world_size()
-    return dict(zip(keys, t.tolist()))
+    return dict(zip(keys, t.cpu().tolist()))
 
 
 def _barrier() -> None:

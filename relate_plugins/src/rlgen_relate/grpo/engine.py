@@ -53,7 +53,8 @@ def ensure_dist_env() -> dict[str, str]:
     Without RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, ``deepspeed.init_distributed`` falls back
     to MPI discovery (and fails without mpi4py). Variables a launcher set are left alone. The
     ones set here stay set, as DeepSpeed's own MPI discovery leaves them: they describe the
-    process group this process now belongs to, and ZeRO-3 reads ``LOCAL_RANK`` while training.
+    process group this process now belongs to, and ZeRO-3 reads ``LOCAL_RANK`` while training;
+    :func:`init_distributed` drops the rendezvous address it set once the group exists.
 
     Returns:
         the variables this call set.
@@ -87,7 +88,7 @@ def init_distributed(*, shm_comm: bool = False, log_level: int = logging.WARNING
     Returns:
         (rank, world size, device this rank computes on).
     """
-    ensure_dist_env()
+    set_here = ensure_dist_env()
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
@@ -100,6 +101,12 @@ def init_distributed(*, shm_comm: bool = False, log_level: int = logging.WARNING
         accelerator.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name(), verbose=False)
     import deepspeed.comm as dist
+
+    # The rendezvous address is spent once the group exists; left set, a child process (a
+    # `rlgen train` started from this one) would inherit it and fail to bind the same port.
+    for key in ("MASTER_ADDR", "MASTER_PORT"):
+        if key in set_here:
+            os.environ.pop(key, None)
 
     return dist.get_rank(), dist.get_world_size(), torch.device(accelerator.current_device_name())
 

@@ -1,4 +1,4 @@
-"""Generate docs/hooks.md and docs/config.md from the code, or check that they are current.
+"""Generate docs/hooks.md, docs/config.md and docs/plugins.md from the code, or check that they are current.
 
     python scripts/gen_reference.py          # rewrite both files
     python scripts/gen_reference.py --check  # exit 1 if either drifted (the test suite runs this)
@@ -79,12 +79,48 @@ def config_markdown() -> str:
     ])
 
 
+BUNDLED = ("rlgen-plugins", "rlgen-relate")
+
+
+def plugins_markdown() -> str:
+    """Every plugin of the bundled distributions with its params (from each class's ``Params``)."""
+    from rlgen import registry
+
+    reg = registry()
+    out = [
+        "# Plugin reference",
+        "",
+        "Generated from the installed bundled distributions (`rlgen-plugins`, `rlgen-relate`) by",
+        "`scripts/gen_reference.py`; do not edit by hand. `rlgen plugins` lists what is installed here,",
+        "third-party plugins included.",
+        "",
+    ]
+    infos = sorted((i for i in reg.infos if i.distribution in BUNDLED and i.cls is not None),
+                   key=lambda i: (i.kind, i.name))
+    for info in infos:
+        gran = f", {info.granularity}-level" if info.granularity else ""
+        out += [f"## `{info.name}` ({info.kind}{gran}, {info.distribution})", "", info.description, ""]
+        if info.cls.requires:
+            out += [f"Needs {', '.join(info.cls.requires)}: `{info.cls.install_hint}`.", ""]
+        fields = info.cls.Params.model_fields
+        if fields:
+            out += ["| param | type | default | meaning |", "| --- | --- | --- | --- |"]
+            for name, field in fields.items():
+                default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+                text = (field.description or "").replace("|", "\\|").replace("\n", " ")
+                out.append(f"| `{name}` | `{_type_name(field.annotation)}` | `{default}` | {text} |")
+            out.append("")
+    return "\n".join(out)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
     stale = []
-    for rel, text in (("docs/hooks.md", hooks_markdown()), ("docs/config.md", config_markdown())):
+    pages = (("docs/hooks.md", hooks_markdown()), ("docs/config.md", config_markdown()),
+             ("docs/plugins.md", plugins_markdown()))
+    for rel, text in pages:
         path = ROOT / rel
         if args.check:
             if not path.exists() or path.read_text() != text:

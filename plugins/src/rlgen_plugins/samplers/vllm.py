@@ -162,6 +162,8 @@ class VLLMSampler(rlgen.Sampler):
             self.params.temperature, self.params.top_k, self.params.top_p, self.params.repetition_penalty
         )
         self.setup_s = 0.0
+        self._pushes = True  # this process loads the weights into its engine
+        self._world_size = 1  # ranks sharing one server
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -199,14 +201,23 @@ class VLLMSampler(rlgen.Sampler):
             self._engine = ColocateEngine(self._settings(model_path, tokenizer_path, dtype, trust, context.seed, cpu),
                                           p.sleep_level, dict(p.engine_kwargs))
         else:
+            # every rank of a multi-rank trainer attaches to one server (rank 0 pushes the weights),
+            # or starts its own with its own folders
+            self._pushes = p.server_url is None or context.rank == 0
+            self._world_size = context.world_size if p.server_url else 1
+            per_rank = context.world_size > 1 and p.server_url is None
+            own_dir = run_dir / f"rank{context.rank}" if per_rank else run_dir
+            weights_dir = Path(p.weights_dir) if p.weights_dir else own_dir / "weights"
+            if per_rank and p.weights_dir:
+                weights_dir = weights_dir / f"rank{context.rank}"
             cpu = (not torch.cuda.is_available()) if p.server_url is None else False
             self._engine = ServerEngine(
                 self._settings(model_path, tokenizer_path, dtype, trust, context.seed, cpu),
                 url=p.server_url, host=p.server_host, port=p.server_port, extra_args=list(p.server_args),
                 start_timeout_s=p.server_start_timeout_s, request_timeout_s=p.request_timeout_s,
                 max_concurrent_requests=p.max_concurrent_requests,
-                weights_dir=Path(p.weights_dir) if p.weights_dir else run_dir / "weights",
-                log_dir=run_dir, env=env,
+                weights_dir=weights_dir,
+                log_dir=own_dir, env=env,
             )
         self.setup_s = time.perf_counter() - t0
 
@@ -234,7 +245,15 @@ class VLLMSampler(rlgen.Sampler):
         engine = self._require_setup()
         t0 = time.perf_counter()
         stats: dict[str, float] = {}
-        metrics = engine.load_weights(counted(trainer.export_weights(), self._dtype, stats))
+        weights = counted(trainer.export_weights(), self._dtype, stats)
+        if self._pushes:
+            metrics = engine.load_weights(weights)
+        else:  # another rank pushes to the shared server; the export may still be collective (ZeRO-3)
+            metrics = {}
+            for _ in weights:
+                pass
+        if self._world_size > 1:
+            torch.distributed.barrier()  # no rank samples from the shared server before it has the new weights
         if not stats.get("sync_tensors"):
             raise PluginError(f"sampler 'vllm': trainer '{trainer.name}' exported no weights")
         return {"sync_s": time.perf_counter() - t0, "sync_shared": 0.0, **stats, **metrics}

@@ -148,8 +148,12 @@ class ColocateEngine:
             torch.set_num_threads = set_num_threads
         self._sampling_params = vllm.SamplingParams
         self._asleep: set[str] = set()
+        self._weights_dropped = False
 
     def generate(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[Generated]:
+        if self._weights_dropped:
+            raise PluginError("sampler 'vllm': sleep_level 2 dropped the weights after the last generation; "
+                              "sync_weights must run before the next one (or use sleep_level 1)")
         self._wake(None)
         outputs = self.llm.generate(
             [{"prompt_token_ids": ids} for ids in prompts],
@@ -160,16 +164,21 @@ class ColocateEngine:
         for out in outputs:
             o = out.outputs[0]
             ids = list(o.token_ids)
-            result.append(Generated(ids, [_logprob_of(entry, t) for entry, t in zip(o.logprobs or [], ids)]))
+            logprobs = [_logprob_of(entry, t) for entry, t in zip(o.logprobs or [], ids)]
+            if len(logprobs) != len(ids):
+                raise PluginError(f"sampler 'vllm': the engine returned {len(ids)} tokens but {len(logprobs)} log-probs")
+            result.append(Generated(ids, logprobs))
         if self.sleep_level:
             self.llm.sleep(level=self.sleep_level)
             self._asleep = {"weights", "kv_cache"}
+            self._weights_dropped = self.sleep_level == 2
         return result
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> dict[str, float]:
         self._wake(["weights"])
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights), "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
+        self._weights_dropped = False
         return {}
 
     def _wake(self, tags: list[str] | None) -> None:

@@ -214,21 +214,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse ``argv``, set up logging, run the chosen handler (``args.func``).
+
+    Expected failures (RlgenError) become one message and exit code 2; plugin CLIs such as
+    ``rlgen-relate`` use this too, so every rlgen command fails the same way. The parser must
+    define ``--log-json`` and ``--log-level``.
+    """
     from .logs import configure_logging
 
-    parser = build_parser()
     args = parser.parse_args(argv)
-    args.log_json = args.log_json or getattr(args, "log_json_sub", False)
-    configure_logging(json=args.log_json, level=args.log_level)
+    configure_logging(json=args.log_json or getattr(args, "log_json_sub", False), level=args.log_level)
     try:
-        return args.func(args)
+        return int(args.func(args) or 0)
     except RlgenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -45,8 +45,13 @@ $(VLLM_VENV)/.installed: pyproject.toml plugins/pyproject.toml relate_plugins/py
 test-vllm: $(VLLM_VENV)/.installed
 	$(VLLM_PY) -m pytest tests/vllm_sampler
 
+# RELATE end to end on the embedded default (docs/demo.md): data, simulator logs, CTCVR model,
+# base eval, RELATE training of SmolLM2-135M, trained eval, report; demo-quick: tiny Llama, minutes
 demo: $(VENV)/.installed
-	$(VENV)/bin/rlgen train examples/tiny-grpo.yaml
+	$(VENV)/bin/rlgen-relate demo --out runs/demo
+
+demo-quick: $(VENV)/.installed
+	$(VENV)/bin/rlgen-relate demo --quick --out runs/demo-quick
 
 clean:
 	rm -rf runs .cache .pytest_cache

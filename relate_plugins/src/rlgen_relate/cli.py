@@ -13,13 +13,14 @@ import argparse
 import importlib
 import sys
 
-from rlgen.errors import RlgenError
+from rlgen.cli import run_cli
 
-EXIT_USAGE = 2
 
 #: subcommand name -> module exposing ``register(subparsers)``
 COMMANDS: dict[str, str] = {
     "ctcvr": "rlgen_relate.ctcvr.cli",
+    "ablation": "rlgen_relate.ablation",
+    "demo": "rlgen_relate.demo",
     "data": "rlgen_relate.searchads.cli",
     "simulate": "rlgen_relate.simulator.cli",
 }
@@ -36,19 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rlgen.logs import configure_logging
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    configure_logging(json=args.log_json, level=args.log_level)
-    try:
-        return int(args.func(args) or 0)
-    except RlgenError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_cli(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,21 @@
   [0, 1] per ad as 1 - (share of its words inside frequent n-grams); higher is better.
 - distinct-2 and self-BLEU (nltk), for comparison with the literature.
 
-The simulator's CTCVR is added by :mod:`rlgen_relate.simulator` when it is installed with a log
-model; predicted CTCVR is simply the mean of the ``relate.ctcvr`` reward.
+- Simulator CTCVR: the click/conversion simulator's true ``p_click * p_conv`` of each ad in its context
+  (docs/simulator.md), when the contexts carry the fields it reads (query, bid word, selling points,
+  landing page). Fatigue is measured over the whole evaluation set, as for one policy's traffic.
+- Predicted CTCVR: the ``relate.ctcvr`` reward turned back into a probability (its ``log`` and
+  ``standardised`` scales are inverted with the model's own statistics), so that it can be set beside
+  the simulator's: a policy that pleases the reward model but not the simulated users shows a gap.
+  Delta CTCVR (Eq. 10) is the core's relative delta of either against a baseline evaluation.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +32,11 @@ from .rewards.format import FormatReward
 from .rewards.risk import RiskReward
 
 _WORD = re.compile(r"\S+")
+
+#: seed of the simulated world (its per-context and per-ad noise); the demo's impression logs use the same
+SIMULATOR_SEED = 0
+#: context fields the simulator reads; contexts without a query are not ads and get no simulator metrics
+SIMULATOR_FIELDS = ("query", "bid_word", "selling_points", "landing_page")
 
 
 class WordTokenizer:
@@ -92,6 +105,47 @@ def self_bleu(texts: list[str], max_refs: int = 200) -> float:
     return sum(scores) / len(scores) if scores else 0.0
 
 
+def simulator_metrics(texts: list[str], meta: list[dict[str, Any]], seed: int = SIMULATOR_SEED) -> dict[str, list[float]]:
+    """Per ad: the simulator's true CTCVR (p_click * p_conv), CTR and whether review lets it be shown.
+
+    The whole set is assessed in one call, so near-duplicate ads across contexts pay their fatigue.
+    """
+    from .simulator import Simulator
+
+    assessment = Simulator(seed=seed).assess(meta, texts)
+    return {
+        "relate/sim_ctcvr": assessment.p_ctcvr.tolist(),
+        "relate/sim_ctr": assessment.p_click.tolist(),
+        "relate/sim_shown_rate": assessment.shown.astype(float).tolist(),
+    }
+
+
+def has_ad_contexts(meta: list[dict[str, Any]]) -> bool:
+    return bool(meta) and all(isinstance(m, dict) and m.get("query") for m in meta)
+
+
+def ctcvr_reward_ref(config: Any) -> Any:
+    """The run's ``relate.ctcvr`` reward entry (its key in metrics and its params), or None."""
+    for ref in getattr(config, "rewards", []):
+        if ref.name == "relate.ctcvr":
+            return ref
+    return None
+
+
+def predicted_ctcvr(values: list[float], params: dict[str, Any]) -> list[float]:
+    """The ``relate.ctcvr`` reward values as probabilities, whatever ``params.scale`` the run used."""
+    scale = params.get("scale", "raw")
+    if scale == "raw":
+        return [float(v) for v in values]
+    if scale == "log":
+        return [math.exp(v) for v in values]
+    # standardised: z = (log p - mean) / std with the model's training statistics (ctcvr/reward.py)
+    stats = json.loads((Path(params["model"]).expanduser() / "config.json").read_text(encoding="utf-8"))["score_stats"]
+    key = "log_pctr" if params.get("target", "ctcvr") == "ctr" else "log_pctcvr"
+    mean, std = stats[f"{key}_mean"], stats[f"{key}_std"]
+    return [math.exp(v * std + mean) for v in values]
+
+
 def uses_relate(config: Any) -> bool:
     return any(ref.name.startswith("relate.") for ref in getattr(config, "rewards", []))
 
@@ -109,3 +163,19 @@ def rlgen_eval_metrics(texts, meta, group, config):
         "relate/distinct_2": distinct_n(texts, 2),
         "relate/self_bleu": self_bleu(texts),
     }
+
+
+# A second implementation of the same hook (pluggy's ``specname``): the CTCVR measures need the rewards'
+# values and ad contexts, which the quality metrics above do not.
+@rlgen.hookimpl(specname="rlgen_eval_metrics")
+def ctcvr_eval_metrics(texts, meta, group, rewards, config):
+    """Simulator CTCVR (true p_click * p_conv, with CTR and shown rate) and predicted CTCVR, per ad."""
+    if not uses_relate(config) or not texts:
+        return None
+    out: dict[str, Any] = {}
+    if has_ad_contexts(meta):
+        out.update(simulator_metrics(texts, meta))
+    ref = ctcvr_reward_ref(config)
+    if ref is not None and rewards and ref.key in rewards:
+        out["relate/pred_ctcvr"] = predicted_ctcvr(rewards[ref.key], ref.params)
+    return out or None

@@ -1,0 +1,60 @@
+"""The shipped presets: RELATE and paper Table 2's Models 1-4 validate as complete runs and differ as Table 2 says."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlgen.config import load_config
+from rlgen.data import render
+from rlgen.loop import prepare
+from rlgen_relate.presets import NAMES, TABLE_2, TOKEN_LEVEL, preset
+
+ALL = {"relate.length", "relate.format", "relate.ctcvr", "relate.diversity", "relate.correctness", "relate.relevance",
+       "relate.risk"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_table2_preset_validates(name, tmp_path):
+    raw = preset(name, ctcvr_model=str(tmp_path / "ctcvr"))
+    plan, source, _ = prepare(load_config(raw))  # plugins, every params block, data and template
+    rewards = {p.name for p in plan.rewards}
+    on, credit = TABLE_2[name]
+    assert rewards == set(on)
+    assert plan.advantage.name == "relate.credit" and plan.trainer.name == "relate.grpo"
+    assert raw["group_size"] == 5
+    # Models 1-4 are sentence-level throughout: their token-level rewards are demoted (Eq. 4); RELATE keeps them
+    assert set(plan.advantage.params.demote) == (set() if credit else rewards & set(TOKEN_LEVEL))
+    assert len(source.records) > 1000
+    if "relate.ctcvr" in rewards:
+        ctcvr = next(p for p in plan.rewards if p.name == "relate.ctcvr")
+        assert ctcvr.params.model == str(tmp_path / "ctcvr")
+
+
+def test_each_model_adds_one_dimension_and_relate_adds_credit_only():
+    sets = [set(TABLE_2[n][0]) for n in NAMES]
+    assert sets[0] == {"relate.length", "relate.format"}
+    for before, after in zip(sets[:3], sets[1:4]):
+        assert before < after
+    assert sets[3] == sets[4] == ALL
+    assert [TABLE_2[n][1] for n in NAMES] == [False, False, False, False, True]
+    # weights and params are shared: a configuration differs from RELATE only in what it drops
+    full = {r["name"]: r for r in preset("relate")["rewards"]}
+    for name in NAMES:
+        for r in preset(name)["rewards"]:
+            assert r == full[r["name"]]
+
+
+def test_preset_prompt_renders_every_context_field(tmp_path):
+    raw = preset("relate", ctcvr_model=str(tmp_path))
+    plan, source, _ = prepare(load_config(raw))
+    record = source.records[0]
+    text = source.prompt(record).text
+    assert render(raw["data"]["prompt_template"], record) in text
+    assert record["query"] in text and record["bid_word"] in text
+    assert text.rstrip().endswith("Ad:")  # the completion starts where the two examples' ads start
+    assert raw["sampler"]["params"]["temperature"] == raw["trainer"]["params"]["temperature"]
+
+
+def test_unknown_preset_names_the_choices():
+    with pytest.raises(KeyError, match="model1"):
+        preset("model5")

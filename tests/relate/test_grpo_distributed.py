@@ -78,8 +78,10 @@ def worker(out: Path) -> None:
     trainer = GrpoTrainer(GrpoTrainer.Params(**PARAMS))
     trainer.setup(ctx)
     assert trainer.world_size == world and trainer.rank == rank
-    if not launched:  # the trainer gave itself the environment of a 1-rank launch
-        assert os.environ["WORLD_SIZE"] == "1" and os.environ["MASTER_ADDR"] == "127.0.0.1"
+    if not launched:  # the trainer gave itself the environment of a 1-rank launch ...
+        assert os.environ["WORLD_SIZE"] == "1" and os.environ["LOCAL_RANK"] == "0"
+        # ... and dropped the spent rendezvous address, so child processes do not inherit its port
+        assert "MASTER_ADDR" not in os.environ and "MASTER_PORT" not in os.environ
     initial = {k: v.detach().clone() for k, v in trainer.export_weights()}
     metrics = []
     for step in range(STEPS):

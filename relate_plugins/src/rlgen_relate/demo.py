@@ -64,8 +64,8 @@ FULL = Schedule(
     impressions_per_context=2000,
     ctcvr_epochs=30,
     steps=12,
-    eval_contexts=32,
-    samples_per_context=2,
+    eval_contexts=64,
+    samples_per_context=1,
     expected="about 15 minutes on 2 CPU cores: logs 10 s, CTCVR model 1-3 min, base eval 1-2 min, "
              "12 RELATE steps of about 40-60 s, trained eval 1-2 min",
 )
@@ -356,7 +356,7 @@ def write_demo_report(out: str | Path) -> Path:
                        f"{v['ci_high'] * 100:+.{digits}f}]: **{v['verdict']}**")
     beat = all(v["verdict"] == "better" for v in record.get("verdict", {}).values()) and record.get("verdict")
     conclusion = ("The trained policy beats the base on all three targets, each with a 95% confidence interval "
-                  "that excludes no change." if beat else
+                  "of the difference above zero." if beat else
                   "The trained policy does **not** beat the base on all three targets with confidence in this run; "
                   "see the rows above (a longer schedule or more eval contexts may be needed).")
     text = f"""# RELATE demo report

@@ -5,7 +5,6 @@
 - Diversity, Eq. 12: the training diversity reward applied to the evaluation set, scaled to
   [0, 1] per ad as 1 - (share of its words inside frequent n-grams); higher is better.
 - distinct-2 and self-BLEU (nltk), for comparison with the literature.
-
 - Simulator CTCVR: the click/conversion simulator's true ``p_click * p_conv`` of each ad in its context
   (docs/simulator.md), when the contexts carry the fields it reads (query, bid word, selling points,
   landing page). Fatigue is measured over the whole evaluation set, as for one policy's traffic.
@@ -35,8 +34,6 @@ _WORD = re.compile(r"\S+")
 
 #: seed of the simulated world (its per-context and per-ad noise); the demo's impression logs use the same
 SIMULATOR_SEED = 0
-#: context fields the simulator reads; contexts without a query are not ads and get no simulator metrics
-SIMULATOR_FIELDS = ("query", "bid_word", "selling_points", "landing_page")
 
 
 class WordTokenizer:
@@ -121,6 +118,7 @@ def simulator_metrics(texts: list[str], meta: list[dict[str, Any]], seed: int = 
 
 
 def has_ad_contexts(meta: list[dict[str, Any]]) -> bool:
+    """Contexts without a query are not search ads: the simulator has nothing to match them against."""
     return bool(meta) and all(isinstance(m, dict) and m.get("query") for m in meta)
 
 

@@ -42,6 +42,17 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
             model.train()
 
 
+def render_prompt(tokenizer: Any, prompt: rlgen.Prompt, chat_template: bool, chat_template_kwargs: dict) -> str:
+    """The prompt text a model sees: its chat template's rendering when it has one and
+    ``chat_template`` is on, else the plain messages. Every sampler renders through this, so
+    switching samplers never changes what the model is asked."""
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            prompt.messages, tokenize=False, add_generation_prompt=True, **chat_template_kwargs
+        )
+    return prompt.text
+
+
 class HFSampler(rlgen.Sampler):
     """Sample ``group_size`` completions per prompt with ``transformers.generate``."""
 
@@ -155,11 +166,7 @@ class HFSampler(rlgen.Sampler):
 
     def render(self, prompt: rlgen.Prompt) -> str:
         """The prompt text the model sees: the chat template's rendering, or the plain messages."""
-        if self.params.chat_template and getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(
-                prompt.messages, tokenize=False, add_generation_prompt=True, **self.params.chat_template_kwargs
-            )
-        return prompt.text
+        return render_prompt(self.tokenizer, prompt, self.params.chat_template, self.params.chat_template_kwargs)
 
     def _eos_ids(self, model: torch.nn.Module) -> set[int]:
         ids = {self.tokenizer.eos_token_id}

@@ -34,7 +34,7 @@ from rlgen.logs import get_logger
 
 from ..models import load_tokenizer, torch_dtype
 from .completions import assemble, stack
-from .hf import HFSampler
+from .hf import HFSampler, render_prompt
 from .postprocess import build_postprocessor
 from .seeded import sample_seeds
 from .vllm_engines import ColocateEngine, EngineSettings, ServerEngine, counted, on_cpu
@@ -266,12 +266,8 @@ class VLLMSampler(rlgen.Sampler):
     # -- generation -------------------------------------------------------------------------
 
     def render(self, prompt: rlgen.Prompt) -> str:
-        """The prompt text the model sees: the chat template's rendering, or the plain messages (as ``hf``)."""
-        if self.params.chat_template and getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(
-                prompt.messages, tokenize=False, add_generation_prompt=True, **self.params.chat_template_kwargs
-            )
-        return prompt.text
+        """The prompt text the model sees, rendered exactly as ``hf`` does."""
+        return render_prompt(self.tokenizer, prompt, self.params.chat_template, self.params.chat_template_kwargs)
 
     def _sampling(self, seed: int) -> dict[str, Any]:
         """One sample's sampling settings, under the names SamplingParams and /v1/completions share."""

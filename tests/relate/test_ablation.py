@@ -106,3 +106,22 @@ def test_monitor_rewards_do_not_change_the_training_signal(tmp_path):
     alone = combiner.combine(rollout, trained, {k: weights[k] for k in trained})
     with_mon = combiner.combine(rollout, {**trained, **monitors}, {k: weights[k] for k in {**trained, **monitors}})
     assert torch.equal(alone, with_mon)
+
+
+def test_ablation_runs_end_to_end_at_toy_scale(tmp_path):
+    """Two configurations, one step each, on the tiny Llama: every file of the report is written."""
+    import dataclasses
+
+    from rlgen_relate.demo import QUICK
+
+    toy = dataclasses.replace(QUICK, name="toy", log_contexts=8, impressions_per_context=300, ctcvr_epochs=1, steps=1,
+                              eval_contexts=3, overrides=QUICK.overrides + ("sampler.params.max_new_tokens=8",))
+    lines: list[str] = []
+    path = ablation.run_ablation(tmp_path, configs=["model1", "relate"], schedule=toy, progress=False, echo=lines.append)
+    data = json.loads((tmp_path / "ablation.json").read_text())
+    assert set(data["rows"]) == {"base", "model1", "relate"}
+    assert (tmp_path / "figure3.png").read_bytes()[:4] == b"\x89PNG"
+    # Model 1 trains on two rewards but logs all seven (weight 0), so Figure 3 has every curve for it
+    metrics = json.loads((tmp_path / "model1" / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert {f"reward/relate.{n}/mean" for n in ("length", "format", "ctcvr", "diversity")} <= set(metrics)
+    assert "| Model 1 (step 1)" not in path.read_text() and "| Model ID (step 1)" in path.read_text()

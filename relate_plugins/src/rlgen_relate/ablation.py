@@ -179,12 +179,15 @@ def with_monitors(raw: dict[str, Any], full: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_ablation(out: str | Path = "runs/ablation", *, steps: int | None = None, quick: bool = False,
-                 model: str | None = None, configs: Sequence[str] = NAMES, schedule: Schedule | None = None,
-                 seed: int = 0, progress: bool = True, echo: Callable[[str], None] = print) -> Path:
+                 model: str | None = None, eval_contexts: int | None = None, configs: Sequence[str] = NAMES,
+                 schedule: Schedule | None = None, seed: int = 0, progress: bool = True,
+                 echo: Callable[[str], None] = print) -> Path:
     """Train and evaluate each configuration into ``out/<name>/``; returns ``out/ablation.md``."""
     schedule = schedule or (QUICK if quick else FULL)
     if steps:
         schedule = dataclasses.replace(schedule, steps=steps)
+    if eval_contexts:
+        schedule = dataclasses.replace(schedule, eval_contexts=eval_contexts)
     if model:
         schedule = dataclasses.replace(schedule, model=model)
     unknown = [c for c in configs if c not in TABLE_2]
@@ -230,8 +233,8 @@ def run_ablation(out: str | Path = "runs/ablation", *, steps: int | None = None,
 
 def _cmd_ablation(args: argparse.Namespace) -> int:
     configs = args.configs.split(",") if args.configs else list(NAMES)
-    run_ablation(args.out, steps=args.steps, quick=args.quick, model=args.model, configs=configs, seed=args.seed,
-                 progress=not args.no_progress)
+    run_ablation(args.out, steps=args.steps, quick=args.quick, model=args.model, eval_contexts=args.eval_contexts,
+                 configs=configs, seed=args.seed, progress=not args.no_progress)
     return 0
 
 
@@ -246,6 +249,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, help=f"training steps per configuration (default {FULL.steps}; --quick {QUICK.steps})")
     p.add_argument("--quick", action="store_true", help=f"the quick schedule on {QUICK.model} (plumbing, not learning)")
     p.add_argument("--model", help="policy model (default: the schedule's)")
+    p.add_argument("--eval-contexts", type=int, help="eval contexts per configuration (default: the schedule's)")
     p.add_argument("--configs", help=f"comma-separated subset of {','.join(NAMES)} (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed shared by every configuration")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -59,3 +59,19 @@ def test_hook_only_speaks_for_relate_runs():
     assert out["relate/compliance_rate"] == [1.0, 0.0]
     assert set(out) == {"relate/compliance_rate", "relate/format_pass_rate", "relate/risk_pass_rate",
                         "relate/diversity", "relate/distinct_2", "relate/self_bleu"}
+
+
+def test_diversity_sees_the_set_in_training_sized_batches():  # Eq. 12
+    """A phrase shared by 6 of 40 ads (15%) is below the reward's 20% share over the whole set, but frequent in
+    the 2-prompt batches (plus window) that training shows the reward, so evaluation counts it."""
+    unique = [f"offer number {i} for item{i} in town{i}" for i in range(40)]
+    templated = [t + " shop now and save big" if i < 6 else t for i, t in enumerate(unique)]
+    group = list(range(40))
+    cfg = config(data={"path": "x.jsonl", "prompt_template": "{query}", "prompts_per_step": 2},
+                 rewards=[{"name": "relate.diversity", "params": {"ngram_min": 3}}])
+    scores = evaluation.diversity_scores(templated, [{}] * 40, group, cfg)
+    assert all(s < 1.0 for s in scores[:6]) and scores[6:] == [1.0] * 34
+    # one batch of 40 prompts: the threshold is 8 prompts, so nothing would count
+    whole = config(data={"path": "x.jsonl", "prompt_template": "{query}", "prompts_per_step": 40},
+                   rewards=[{"name": "relate.diversity", "params": {"ngram_min": 3}}])
+    assert evaluation.diversity_scores(templated, [{}] * 40, group, whole) == [1.0] * 40

@@ -2,8 +2,8 @@
 
 - Compliance rate, Eq. 11: share of ads that pass risk control (no blacklisted phrase) and every
   format rule, judged with the run's own ``relate.risk`` / ``relate.format`` params.
-- Diversity, Eq. 12: the training diversity reward applied to the evaluation set, scaled to
-  [0, 1] per ad as 1 - (share of its words inside frequent n-grams); higher is better.
+- Diversity, Eq. 12: the training diversity reward applied to the evaluation set in training-sized
+  batches, scaled to [0, 1] per ad as 1 - (share of its words inside frequent n-grams); higher is better.
 - distinct-2 and self-BLEU (nltk), for comparison with the literature.
 - Simulator CTCVR: the click/conversion simulator's true ``p_click * p_conv`` of each ad in its context
   (docs/simulator.md), when the contexts carry the fields it reads (query, bid word, selling points,
@@ -49,12 +49,10 @@ class WordTokenizer:
         return out
 
 
-def _configured(config: Any, cls: type[rlgen.RewardProvider]) -> rlgen.RewardProvider:
+def _configured(config: Any, cls: type[rlgen.RewardProvider], **overrides: Any) -> rlgen.RewardProvider:
     """The reward as the run configured it (same params), or with defaults when the run does not use it."""
-    for ref in getattr(config, "rewards", []):
-        if ref.name == cls.name:
-            return cls(cls.Params.model_validate(ref.params))
-    return cls()
+    params = next((ref.params for ref in getattr(config, "rewards", []) if ref.name == cls.name), {})
+    return cls(cls.Params.model_validate({**params, **overrides}))
 
 
 def compliance(texts: list[str], meta: list[dict[str, Any]], config: Any) -> tuple[list[float], list[float], list[float]]:
@@ -69,12 +67,29 @@ def compliance(texts: list[str], meta: list[dict[str, Any]], config: Any) -> tup
 
 
 def diversity_scores(texts: list[str], meta: list[dict[str, Any]], group: list[int], config: Any) -> list[float]:
-    """Eq. 12 per ad, in [0, 1]: 1 - share of the ad's words covered by frequent n-grams of the set."""
-    reward = _configured(config, DiversityReward)  # fresh: the evaluation set alone defines what is frequent
-    rollout = rlgen.Rollout.from_texts(WordTokenizer(), texts, group=group, meta=meta)
-    penalised = (reward.score(rollout).values != 0) & rollout.completion_mask
-    words = rollout.completion_mask.sum(1).clamp(min=1)
-    return (1.0 - penalised.sum(1) / words).tolist()
+    """Eq. 12 per ad, in [0, 1]: 1 - share of the ad's words that the training diversity reward penalises.
+
+    The reward sees the evaluation set the way training feeds it: ``data.prompts_per_step`` contexts per batch
+    (with all their samples), in order, with its window of past batches. So an n-gram is frequent when it recurs
+    across as many prompts as it must during training. Scored as one batch, the reward's threshold (a share of
+    the prompts present) would grow with the set and hardly any n-gram of a 100-context set would reach it.
+    """
+    # fresh: only the evaluation set defines what is frequent
+    reward = _configured(config, DiversityReward, log_frequent=False)
+    data = getattr(config, "data", None)
+    per_batch = getattr(data, "prompts_per_step", None) or len(set(group)) or 1
+    contexts = list(dict.fromkeys(group))  # in order of first appearance
+    scores = [1.0] * len(texts)
+    for start in range(0, len(contexts), per_batch):
+        batch = set(contexts[start : start + per_batch])
+        idx = [i for i, g in enumerate(group) if g in batch]
+        rollout = rlgen.Rollout.from_texts(WordTokenizer(), [texts[i] for i in idx], group=[group[i] for i in idx],
+                                           meta=[meta[i] for i in idx])
+        penalised = (reward.score(rollout).values != 0) & rollout.completion_mask
+        words = rollout.completion_mask.sum(1).clamp(min=1)
+        for i, s in zip(idx, (1.0 - penalised.sum(1) / words).tolist()):
+            scores[i] = s
+    return scores
 
 
 def distinct_n(texts: list[str], n: int = 2) -> float:

@@ -125,6 +125,7 @@ class DiversityReward(rlgen.RewardProvider):
         exclude_context: bool = Field(
             True, description="do not count or penalise n-grams a sample copied from its own prompt or context fields"
         )
+        log_frequent: bool = Field(True, description="log each batch's most frequent n-grams (info level)")
         context_fields: list[str] = Field(
             default_factory=lambda: ["query", "bid_word", "selling_points", "landing_page"],
             description="rollout.meta fields that make up a sample's context (missing fields are skipped)",
@@ -264,7 +265,7 @@ class DiversityReward(rlgen.RewardProvider):
         values = torch.where(hit, torch.tensor(-float(p.penalty)), torch.tensor(0.0))
 
         self.last_frequent = self._top_frequent(batch, table, flagged, all_h, all_c)
-        if self.last_frequent:
+        if self.last_frequent and p.log_frequent:
             log.info("frequent n-grams", reward=self.name, threshold=threshold, top=[
                 f"{f['text']} ({f['groups']})" for f in self.last_frequent
             ])

@@ -183,13 +183,7 @@ def run_ablation(out: str | Path = "runs/ablation", *, steps: int | None = None,
                  schedule: Schedule | None = None, seed: int = 0, progress: bool = True,
                  echo: Callable[[str], None] = print) -> Path:
     """Train and evaluate each configuration into ``out/<name>/``; returns ``out/ablation.md``."""
-    schedule = schedule or (QUICK if quick else FULL)
-    if steps:
-        schedule = dataclasses.replace(schedule, steps=steps)
-    if eval_contexts:
-        schedule = dataclasses.replace(schedule, eval_contexts=eval_contexts)
-    if model:
-        schedule = dataclasses.replace(schedule, model=model)
+    schedule = (schedule or (QUICK if quick else FULL)).replace_given(steps=steps, eval_contexts=eval_contexts, model=model)
     unknown = [c for c in configs if c not in TABLE_2]
     if unknown:
         raise ConfigError(f"ablation: unknown configurations {unknown}; choose from {', '.join(NAMES)}")

@@ -51,6 +51,10 @@ class Schedule:
     overrides: tuple[str, ...] = ()
     expected: str = ""  # told to the user before anything runs
 
+    def replace_given(self, **changes: Any) -> "Schedule":
+        """A copy with the given fields replaced; unset ones (None, 0, "") keep the schedule's value (CLI flags)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v})
+
     def describe(self) -> str:
         return (f"policy {self.model}; logs from {self.log_contexts} contexts; CTCVR up to {self.ctcvr_epochs} epochs; "
                 f"{self.steps} RELATE steps; eval on {self.eval_contexts} contexts x {self.samples_per_context}")
@@ -250,9 +254,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, model: str |
              schedule: Schedule | None = None, seed: int = 0, progress: bool = True,
              echo: Callable[[str], None] = _echo) -> dict[str, Any]:
     """Run every stage into ``out`` and write ``report.md``; returns the record also saved as ``demo.json``."""
-    schedule = schedule or (QUICK if quick else FULL)
-    if model:
-        schedule = dataclasses.replace(schedule, model=model)
+    schedule = (schedule or (QUICK if quick else FULL)).replace_given(model=model)
     out = Path(out)
     _prepare_folder(out)
     record: dict[str, Any] = {"status": "running", "schedule": dataclasses.asdict(schedule), "seed": seed,
@@ -428,11 +430,7 @@ The same eval contexts and sampling seeds; every pair is in `ads_before_after.js
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    schedule = QUICK if args.quick else FULL
-    if args.steps:
-        schedule = dataclasses.replace(schedule, steps=args.steps)
-    if args.eval_contexts:
-        schedule = dataclasses.replace(schedule, eval_contexts=args.eval_contexts)
+    schedule = (QUICK if args.quick else FULL).replace_given(steps=args.steps, eval_contexts=args.eval_contexts)
     record = run_demo(args.out, model=args.model, schedule=schedule, seed=args.seed, progress=not args.no_progress)
     return 0 if record.get("status") == "done" else 1
 

@@ -104,7 +104,7 @@ def run_worker(mode: str, args: argparse.Namespace) -> dict:
     import rlgen
     from rlgen.config import load_config
     from rlgen.discovery import registry
-    from rlgen_relate.grpo import GrpoTrainer
+    from rlgen_plugins.grpo import GrpoTrainer
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -9,6 +9,7 @@ import pluggy
 
 from .advantage import broadcast_to_tokens, group_normalize
 from .discovery import Registry, registry
+from .hookspecs import PROJECT_NAME
 from .errors import ConfigError, PluginError, RlgenError
 from .interfaces import AdvantageCombiner, Callback, Params, Plugin, Prompt, RewardProvider, RunContext, Sampler, Trainer
 from .reward import Granularity, RewardResult
@@ -16,7 +17,7 @@ from .rollout import Rollout, token_char_offsets
 
 __version__ = "0.1.0"
 
-hookimpl = pluggy.HookimplMarker("rlgen")
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 __all__ = [
     "AdvantageCombiner",

@@ -86,7 +86,7 @@ class RunConfig(_Section):
     sampler: PluginRef = Field(default_factory=lambda: PluginRef(name="hf"))
     rewards: list[RewardRef] = Field(..., min_length=1, description="reward providers with their weights")
     advantage: PluginRef = Field(default_factory=lambda: PluginRef(name="grpo"))
-    trainer: PluginRef = Field(default_factory=lambda: PluginRef(name="relate.grpo"))
+    trainer: PluginRef = Field(default_factory=lambda: PluginRef(name="grpo"))
     callbacks: list[PluginRef] = Field(default_factory=list, description="lifecycle plugins (loggers, evaluators)")
     eval: EvalSection = Field(default_factory=EvalSection)
     run: RunSection = Field(default_factory=RunSection)

@@ -8,6 +8,7 @@ import, and ``rlgen plugins`` must list such a module with its error instead of 
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.metadata
 import os
@@ -20,11 +21,12 @@ from typing import Any, Iterable
 import pluggy
 
 from . import hookspecs
+from .hookspecs import PROJECT_NAME
 from .errors import ConfigError, PluginError
 from .interfaces import AdvantageCombiner, Callback, Plugin, RewardProvider, Sampler, Trainer
 from .reward import GRANULARITIES
 
-ENTRY_POINT_GROUP = "rlgen"
+ENTRY_POINT_GROUP = PROJECT_NAME
 #: set to 1 to load no entry-point plugins at all (plugins passed explicitly still load)
 ENV_DISABLE_AUTOLOAD = "RLGEN_DISABLE_PLUGIN_AUTOLOAD"
 #: comma-separated entry point names or plugin names to block
@@ -32,13 +34,26 @@ ENV_BLOCK = "RLGEN_BLOCK_PLUGINS"
 #: comma-separated importable module names to register as plugins (like PYTEST_PLUGINS)
 ENV_EXTRA = "RLGEN_PLUGINS"
 
-#: plugin kind -> (registration hook, base class)
-KINDS: dict[str, tuple[str, type[Plugin]]] = {
-    "reward": ("rlgen_reward_providers", RewardProvider),
-    "advantage": ("rlgen_advantage_combiners", AdvantageCombiner),
-    "sampler": ("rlgen_samplers", Sampler),
-    "trainer": ("rlgen_trainers", Trainer),
-    "callback": ("rlgen_callbacks", Callback),
+
+@dataclass(frozen=True)
+class Kind:
+    """One plugin kind: the config section that names it, its registration hook, its base class."""
+
+    name: str
+    hook: str
+    base: type[Plugin]
+
+
+#: the one table of plugin kinds; everything else that lists kinds derives from it
+KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in (
+        Kind("reward", "rlgen_reward_providers", RewardProvider),
+        Kind("advantage", "rlgen_advantage_combiners", AdvantageCombiner),
+        Kind("sampler", "rlgen_samplers", Sampler),
+        Kind("trainer", "rlgen_trainers", Trainer),
+        Kind("callback", "rlgen_callbacks", Callback),
+    )
 }
 
 
@@ -65,6 +80,7 @@ class PluginInfo:
     version: str
     module: str
     granularity: str | None = None
+    aliases: tuple[str, ...] = ()
     status: str = "ok"  # ok | unavailable | error | blocked
     error: str | None = None
     cls: type[Plugin] | None = field(default=None, repr=False)
@@ -81,12 +97,28 @@ class Registry:
         self.modules = modules
         self.infos: list[PluginInfo] = []
         self.duplicates: list[str] = []
-        self.rewards: dict[str, type[RewardProvider]] = {}
-        self.advantages: dict[str, type[AdvantageCombiner]] = {}
-        self.samplers: dict[str, type[Sampler]] = {}
-        self.trainers: dict[str, type[Trainer]] = {}
-        self.callbacks: dict[str, type[Callback]] = {}
+        self._tables: dict[str, dict[str, type[Plugin]]] = {kind: {} for kind in KINDS}
         self._collect()
+
+    @property
+    def rewards(self) -> dict[str, type[RewardProvider]]:
+        return self._tables["reward"]  # type: ignore[return-value]
+
+    @property
+    def advantages(self) -> dict[str, type[AdvantageCombiner]]:
+        return self._tables["advantage"]  # type: ignore[return-value]
+
+    @property
+    def samplers(self) -> dict[str, type[Sampler]]:
+        return self._tables["sampler"]  # type: ignore[return-value]
+
+    @property
+    def trainers(self) -> dict[str, type[Trainer]]:
+        return self._tables["trainer"]  # type: ignore[return-value]
+
+    @property
+    def callbacks(self) -> dict[str, type[Callback]]:
+        return self._tables["callback"]  # type: ignore[return-value]
 
     # -- collection -----------------------------------------------------------------------
 
@@ -98,15 +130,9 @@ class Registry:
 
     def _collect(self) -> None:
         blocked = _blocked_names()
-        tables: dict[str, dict[str, Any]] = {
-            "reward": self.rewards,
-            "advantage": self.advantages,
-            "sampler": self.samplers,
-            "trainer": self.trainers,
-            "callback": self.callbacks,
-        }
         owners: dict[tuple[str, str], PluginInfo] = {}
-        for kind, (hook_name, base) in KINDS.items():
+        for kind, spec in KINDS.items():
+            hook_name, base = spec.hook, spec.base
             hook = getattr(self.pm.hook, hook_name)
             # call each implementation on its own so classes can be traced to their distribution
             for impl in hook.get_hookimpls():
@@ -123,18 +149,19 @@ class Registry:
                     info = self._describe(kind, base, cls, mod)
                     if info.name in blocked:
                         info.status, info.error = "blocked", f"blocked by {ENV_BLOCK}"
-                    key = (kind, info.name)
-                    if info.status in ("ok", "unavailable") and key in owners:
-                        first = owners[key]
+                    claimed = [n for n in (info.name, *info.aliases) if (kind, n) in owners]
+                    if info.status in ("ok", "unavailable") and claimed:
+                        first = owners[(kind, claimed[0])]
                         msg = (
-                            f"two plugins claim the {kind} name '{info.name}': {first.module} from "
+                            f"two plugins claim the {kind} name '{claimed[0]}': {first.module} from "
                             f"{first.distribution} {first.version} and {info.module} from {info.distribution} {info.version}"
                         )
                         self.duplicates.append(msg)
                         info.status, info.error = "error", msg
                     elif info.status in ("ok", "unavailable"):
-                        owners[key] = info
-                        tables[kind][info.name] = cls
+                        for n in (info.name, *info.aliases):
+                            owners[(kind, n)] = info
+                            self._tables[kind][n] = cls
                     self.infos.append(info)
 
     @staticmethod
@@ -147,6 +174,7 @@ class Registry:
             distribution=mod.distribution,
             version=mod.version,
             module=mod.value,
+            aliases=tuple(a for a in getattr(cls, "aliases", ()) if isinstance(a, str) and a),
             cls=cls if isinstance(cls, type) else None,
         )
         problem = None
@@ -167,12 +195,10 @@ class Registry:
     # -- lookup ---------------------------------------------------------------------------
 
     def table(self, kind: str) -> dict[str, type[Plugin]]:
-        """Plugins of one kind by name; ``kind`` is one of :data:`KINDS` (singular, e.g. ``"reward"``)."""
-        tables = {"reward": self.rewards, "advantage": self.advantages, "sampler": self.samplers,
-                  "trainer": self.trainers, "callback": self.callbacks}
-        if kind not in tables:
-            raise PluginError(f"unknown plugin kind {kind!r}; kinds: {', '.join(tables)}")
-        return tables[kind]  # type: ignore[return-value]
+        """Plugins of one kind by name and alias; ``kind`` is a key of :data:`KINDS` (e.g. ``"reward"``)."""
+        if kind not in self._tables:
+            raise PluginError(f"unknown plugin kind {kind!r}; kinds: {', '.join(KINDS)}")
+        return self._tables[kind]
 
     def get(self, kind: str, name: str) -> type[Plugin]:
         """The class of plugin ``name``; PluginError listing the installed ones if unknown or unusable."""
@@ -207,7 +233,7 @@ class Registry:
         name = spec.split(":", 1)[1]
         path = self.pm.hook.rlgen_builtin_model(name=name, cache_dir=Path(cache_dir))
         if path is None:
-            raise ConfigError(f"no installed plugin provides the model '{spec}' (is rlgen-plugins installed?)")
+            raise ConfigError(f"no installed plugin provides the model '{spec}' (`rlgen plugins` lists what is installed)")
         return str(path)
 
     def resolve_dataset(self, spec: str, split: str, cache_dir: Path) -> Any:
@@ -215,7 +241,7 @@ class Registry:
         name = spec.split(":", 1)[1]
         found = self.pm.hook.rlgen_builtin_dataset(name=name, split=split, cache_dir=Path(cache_dir))
         if found is None:
-            raise ConfigError(f"no installed plugin provides the dataset '{spec}' (is rlgen-relate installed?)")
+            raise ConfigError(f"no installed plugin provides the dataset '{spec}' (`rlgen plugins` lists what is installed)")
         return found
 
 
@@ -281,4 +307,32 @@ def registry(plugins: Iterable[ModuleType | object] = (), *, autoload: bool | No
         if pm.get_plugin(name) is None:
             pm.register(obj, name=name)
             modules.append(ModuleInfo(name, name, "(registered in code)", ""))
+    _reject_unknown_hooks(pm, modules)
     return Registry(pm, modules)
+
+
+def _reject_unknown_hooks(pm: pluggy.PluginManager, modules: list[ModuleInfo]) -> None:
+    """Mark and unregister every plugin module with a ``@hookimpl`` that matches no hook spec.
+
+    pluggy accepts such functions and never calls them (``check_pending`` would say so, once,
+    for the first one); a misspelt hook name would otherwise be silently ignored.
+    """
+    known = list(hookspecs.documented_hooks())
+    faults: dict[str, list[str]] = {}
+    for name in list(pm.hook.__dict__):
+        hook = getattr(pm.hook, name)
+        if name.startswith("_") or not isinstance(hook, pluggy.HookCaller) or hook.has_spec():
+            continue
+        for impl in hook.get_hookimpls():
+            if impl.optionalhook:
+                continue
+            near = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {near[0]}?" if near else f"; hooks: {', '.join(known)}"
+            faults.setdefault(impl.plugin_name, []).append(f"@hookimpl function {name}() matches no rlgen hook{hint}")
+    for plugin_name, problems in faults.items():
+        info = next((m for m in modules if m.name == plugin_name), None)
+        if info is None:
+            info = ModuleInfo(plugin_name, plugin_name, "(registered in code)", "")
+            modules.append(info)
+        info.status, info.error = "error", f"{info.value}: " + "; ".join(problems)
+        pm.unregister(name=plugin_name)

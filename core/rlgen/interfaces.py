@@ -77,6 +77,8 @@ class Plugin(abc.ABC):
     """Common surface of every plugin class."""
 
     name: ClassVar[str]
+    #: other names configs may use for this plugin (e.g. the name it had before a rename)
+    aliases: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
     Params: ClassVar[type[pydantic.BaseModel]] = Params
     #: import names this plugin needs beyond its distribution's dependencies (e.g. an extra)

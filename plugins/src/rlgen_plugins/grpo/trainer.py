@@ -1,4 +1,4 @@
-"""The ``relate.grpo`` trainer: paper Eq. 6 with token-level advantages on DeepSpeed.
+"""The ``grpo`` trainer: RELATE paper Eq. 6 with token-level advantages on DeepSpeed.
 
 One ``step`` is one rollout: the log-probs of the sampling policy (pi_old) and of the
 reference policy are taken once, then ``epochs`` (mu) passes over the rollout update the
@@ -49,7 +49,7 @@ class LoraParams(rlgen.Params):
 
 
 class GrpoParams(rlgen.Params):
-    """Parameters of ``relate.grpo``."""
+    """Parameters of ``grpo``."""
 
     # -- objective (Eq. 6) --
     beta: float = Field(0.04, ge=0.0, description="weight of the k3 KL penalty to the reference policy; 0 loads no reference model")
@@ -173,7 +173,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 class GrpoTrainer(rlgen.Trainer):
     """GRPO with token-level advantages (paper Eq. 6) on DeepSpeed ZeRO 0-3, CPU or GPU, LoRA optional."""
 
-    name = "relate.grpo"
+    name = "grpo"
+    #: RELATE presets and every config written before the trainer moved out of rlgen-relate
+    aliases = ("relate.grpo",)
     description = "GRPO, paper Eq. 6 with token-level advantages and k3 KL, on DeepSpeed ZeRO 0-3 (CPU/GPU, LoRA optional)"
     requires = ("deepspeed",)
     Params = GrpoParams
@@ -193,7 +195,7 @@ class GrpoTrainer(rlgen.Trainer):
     # -- set-up -----------------------------------------------------------------------------
 
     def setup(self, context: RunContext) -> None:
-        from rlgen_plugins.models import load_causal_lm, load_tokenizer
+        from ..models import load_causal_lm, load_tokenizer
 
         p = self.params
         self.rank, self.world_size, self.device = ds.init_distributed(shm_comm=p.shm_comm)

@@ -1,6 +1,9 @@
-"""``relate.grpo``: the DeepSpeed GRPO trainer of RELATE (paper section 3.4.2, Eq. 6).
+"""``grpo``: the DeepSpeed GRPO trainer (RELATE paper section 3.4.2, Eq. 6), for any reward set.
 
-Registered under the ``rlgen`` entry point group as ``relate_trainer``. Modules:
+Token-level advantages go straight into the per-token objective, so a combiner that puts credit
+on single tokens (``relate.credit``) is trained exactly as it intends. Registered under the
+``rlgen`` entry point group as ``standard_trainers``; RELATE configs name it ``relate.grpo``,
+an alias kept from when it lived in ``rlgen-relate``. Modules:
 :mod:`.loss` (Eq. 6 per token, k3 KL, aggregation modes), :mod:`.batching` (rollout to model
 inputs), :mod:`.engine` (DeepSpeed process group, config, schedule), :mod:`.export` (full
 weights, LoRA merge, HF folders) and :mod:`.trainer` (the plugin class). Importing this

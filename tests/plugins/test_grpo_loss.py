@@ -10,10 +10,10 @@ import torch
 import rlgen
 from rlgen.config import validate_params
 from rlgen.errors import ConfigError
-from rlgen_relate.grpo import GrpoTrainer
-from rlgen_relate.grpo.batching import build_policy_batch, split_rows
-from rlgen_relate.grpo.engine import build_ds_config, lr_multiplier, merge_config
-from rlgen_relate.grpo.loss import AGGREGATIONS, aggregate, grpo_loss, k3_kl, token_entropy, token_logprobs
+from rlgen_plugins.grpo import GrpoTrainer
+from rlgen_plugins.grpo.batching import build_policy_batch, split_rows
+from rlgen_plugins.grpo.engine import build_ds_config, lr_multiplier, merge_config
+from rlgen_plugins.grpo.loss import AGGREGATIONS, aggregate, grpo_loss, k3_kl, token_entropy, token_logprobs
 
 EPS_LOW, EPS_HIGH, BETA = 0.2, 0.28, 0.1
 

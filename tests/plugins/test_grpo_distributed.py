@@ -62,7 +62,7 @@ def worker(out: Path) -> None:
     import rlgen
     from rlgen.config import load_config
     from rlgen.discovery import registry
-    from rlgen_relate.grpo import GrpoTrainer
+    from rlgen_plugins.grpo import GrpoTrainer
 
     torch.set_num_threads(1)
     launched = "RANK" in os.environ

@@ -11,7 +11,7 @@ import torch
 import rlgen
 from rlgen.config import load_config
 from rlgen.discovery import registry
-from rlgen_relate.grpo import GrpoTrainer
+from rlgen_plugins.grpo import GrpoTrainer
 
 # Metrics that depend on the arithmetic only (not on the clock).
 EXACT_METRICS = ("loss", "clip_fraction", "grad_norm", "lr", "kl", "entropy", "completion_tokens", "updates")

@@ -1,4 +1,4 @@
-"""Test-wide settings: one torch thread, caches inside the checkout, no hub access."""
+"""Test-wide settings (one torch thread, caches inside the checkout, no hub access) and the fixtures every folder shares."""
 
 from __future__ import annotations
 
@@ -16,3 +16,34 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+
+import rlgen  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    """The test cache (the checkout's ``.cache/rlgen``): models built once, never in the user's ~/.cache."""
+    assert os.environ.get("RLGEN_CACHE_DIR"), "tests must not write the user's ~/.cache"
+    return Path(os.environ["RLGEN_CACHE_DIR"])
+
+
+@pytest.fixture(scope="session")
+def registry() -> rlgen.Registry:
+    return rlgen.registry()
+
+
+@pytest.fixture(scope="session")
+def make_context(registry: rlgen.Registry, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """RunContext for a model spec (plugins are set up against it as in a run)."""
+
+    def make(model: str, **config: Any) -> rlgen.RunContext:
+        raw = {"model": {"path": model}, "data": {"path": "prompts.jsonl"}, "rewards": [{"name": "len"}], **config}
+        return rlgen.RunContext(config=rlgen.load_config(raw), registry=registry,
+                                output_dir=tmp_path_factory.mktemp("run"), cache_dir=cache_dir, seed=0)
+
+    return make

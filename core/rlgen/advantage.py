@@ -1,16 +1,19 @@
 """Shared pieces of advantage estimation that more than one combiner needs.
 
-Group-relative normalisation (paper Eq. 8) is the part every GRPO-family combiner shares, so
-it lives here once instead of inside each plugin.
+Group-relative normalisation (paper Eq. 8), the split of a step's rewards into weighted sentence
+and token terms (Eq. 2, Eq. 4) and the sentence-level advantage built from them are what every
+GRPO-family combiner shares, so they live here once instead of inside each plugin.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Collection, Literal
 
 import torch
 
 from .errors import PluginError
+from .reward import RewardResult
 from .rollout import Rollout
 
 StdScale = Literal["group", "batch", "none"]
@@ -83,3 +86,89 @@ def check_advantages(advantages: object, *, plugin: str, rollout: Rollout) -> to
     if bool((advantages[~rollout.completion_mask] != 0).any()):
         raise PluginError(f"advantage combiner '{plugin}' returned non-zero advantages on padding")
     return advantages.float()
+
+
+@dataclass
+class RewardTerm:
+    """One reward's part of an advantage: its key, its weight w_k and its values ([B] or [B, T])."""
+
+    name: str
+    weight: float
+    values: torch.Tensor
+
+
+def reward_terms(
+    plugin: str,
+    rollout: Rollout,
+    rewards: dict[str, RewardResult],
+    weights: dict[str, float],
+    *,
+    keep_tokens: Collection[str] = (),
+) -> tuple[list[RewardTerm], list[RewardTerm]]:
+    """Split a step's rewards into sentence terms [B] and token terms [B, T], zero-weight rewards left out.
+
+    Token-level rewards named in ``keep_tokens`` stay [B, T]; every other reward is reduced to
+    one value per completion (token rewards summed, paper Eq. 4). Raises PluginError naming
+    ``plugin`` when a reward has no weight or every weight is zero.
+    """
+    missing = set(rewards) - set(weights)
+    if missing:
+        raise PluginError(f"advantage combiner '{plugin}': no weight given for rewards {sorted(missing)}")
+    sentence: list[RewardTerm] = []
+    token: list[RewardTerm] = []
+    for name, result in rewards.items():
+        weight = float(weights[name])
+        if weight == 0.0:  # logged by the loop, but no part of the objective
+            continue
+        granularity = result.granularity or ("token" if result.values.dim() == 2 else "sentence")
+        if granularity == "token" and name in keep_tokens:
+            token.append(RewardTerm(name, weight, result.values.float()))
+        else:
+            sentence.append(RewardTerm(name, weight, result.to_sentence(rollout.completion_mask).double()))  # Eq. 4
+    if not sentence and not token:
+        raise PluginError(f"advantage combiner '{plugin}': every reward has weight 0; nothing to optimise")
+    return sentence, token
+
+
+def weighted_sum(terms: list[RewardTerm]) -> torch.Tensor:
+    """Eq. 2: R_i = sum_k w_k r_k(o_i) (or per token, for token terms)."""
+    return torch.stack([t.weight * t.values for t in terms]).sum(dim=0)
+
+
+SentenceMode = Literal["sum_then_normalize", "normalize_then_sum"]
+
+
+def sentence_advantage(
+    terms: list[RewardTerm], group: torch.Tensor, *, scale: StdScale = "group", mode: SentenceMode = "sum_then_normalize",
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The group-relative advantage of weighted sentence rewards, [B] float32, and its metrics.
+
+    ``sum_then_normalize``: Eq. 2, then Eq. 8 on the sum. ``normalize_then_sum``: Eq. 8 on each
+    reward, then their weighted sum, A_i = sum_k w_k (r_k(o_i) - mean_G r_k) / sigma_k. A group
+    whose rewards are all equal gets zero (never NaN); ``zero_var_group_frac`` is the share of
+    such groups (1.0 when there is no sentence term at all), with a per-reward share
+    ``zero_var_group_frac/<name>`` under ``normalize_then_sum``.
+    """
+    b = group.shape[0]
+    if not terms:
+        return torch.zeros(b), {"zero_var_group_frac": 1.0}
+    metrics: dict[str, float] = {}
+    if mode == "sum_then_normalize":
+        adv, zero_frac = group_normalize(weighted_sum(terms), group, scale=scale, eps=eps)  # Eq. 2, Eq. 8
+        metrics["zero_var_group_frac"] = zero_frac
+        return adv.float(), metrics
+    if mode != "normalize_then_sum":
+        raise ValueError(f"unknown mode {mode!r}; use 'sum_then_normalize' or 'normalize_then_sum'")
+    adv = torch.zeros(b, dtype=torch.float64)
+    flat = torch.ones(b, dtype=torch.bool)  # samples whose every reward is flat in their group
+    for term in terms:
+        norm, frac = group_normalize(term.values, group, scale=scale, eps=eps)  # Eq. 8 per reward
+        adv = adv + term.weight * norm.double()
+        flat &= group_std(term.values.double(), group) < eps
+        metrics[f"zero_var_group_frac/{term.name}"] = frac
+    groups, inverse = torch.unique(group, return_inverse=True)
+    # a group is flat only if all of its samples are (they agree by construction)
+    group_flat = torch.ones(groups.shape[0], dtype=torch.bool).index_put_((inverse,), flat)
+    metrics["zero_var_group_frac"] = float(group_flat.float().mean()) if groups.numel() else 0.0
+    return adv.float(), metrics

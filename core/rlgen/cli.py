@@ -30,7 +30,8 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         rows = [("KIND", "NAME", "GRAN.", "DISTRIBUTION", "STATUS", "DESCRIPTION")]
         for i in sorted(reg.infos, key=lambda x: (x.kind, x.name)):
             status = i.status if not i.error else f"{i.status}: {i.error}"
-            rows.append((i.kind, i.name, i.granularity or "", f"{i.distribution} {i.version}".strip(), status, i.description))
+            name = f"{i.name} (alias {', '.join(i.aliases)})" if i.aliases else i.name
+            rows.append((i.kind, name, i.granularity or "", f"{i.distribution} {i.version}".strip(), status, i.description))
         widths = [max(len(r[c]) for r in rows) for c in range(4)]
         for r in rows:
             print("  ".join(r[c].ljust(widths[c]) for c in range(4)) + "  " + r[4] + ("  " + r[5] if r[5] else ""))
@@ -47,10 +48,11 @@ def _load(args: argparse.Namespace):
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .loop import prepare
+    from .session import prepare
 
     config = _load(args)
-    plan, source, _ = prepare(config)
+    prepared = prepare(config)
+    plan, source = prepared.plan, prepared.source
     rewards = ", ".join(f"{p.alias or p.name} (w={p.weight:g})" for p in plan.rewards)
     print(f"{config.origin}: ok. {len(source.records)} prompts; sampler {plan.sampler.name}; rewards {rewards}; "
           f"advantage {plan.advantage.name}; trainer {plan.trainer.name}; {config.run.steps} steps -> {config.run.output_dir}")
@@ -81,7 +83,8 @@ def _launch_ranks(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .loop import prepare, train
+    from .loop import train
+    from .session import prepare
 
     config = _load(args)
     # launch ranks unless this process already is one (torchrun / deepspeed set WORLD_SIZE)
@@ -95,7 +98,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .generate import config_for_policy, generate_file
+    from .generate import generate_file
+    from .session import config_for_policy
 
     config_path = args.config or config_for_policy(args.policy)
     if config_path is None:
@@ -109,32 +113,16 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .evaluate import load_evaluation, markdown_table, run_evaluation, summarize, write_evaluation
-    from .generate import config_for_policy, contexts_source, with_policy
-    from .interfaces import RunContext
-    from .loop import default_cache_dir
+    from .evaluate import evaluate_policy, load_evaluation, markdown_table, write_evaluation
+    from .session import config_for_policy
 
     config_path = args.config or (config_for_policy(args.policy) if args.policy else None)
     if config_path is None:
         raise RlgenError("--config is required unless --policy is a run's policy folder with config.yaml beside it")
-    config, plan, registry = with_policy(load_config(config_path, args.set or []), args.policy, None)
-    ev = config.eval
+    config = load_config(config_path, args.set or [])
     baseline = load_evaluation(args.baseline) if args.baseline else None
-    source = contexts_source(config, registry, args.data or ev.data, split=ev.split)
-    limit = args.limit or ev.limit
-    if limit:
-        source.records = source.records[:limit]
-    seed = config.run.seed if args.seed is None else args.seed
-    context = RunContext(config=config, registry=registry, output_dir=args.out, cache_dir=default_cache_dir(config),
-                         seed=seed)
-    sampler = plan.sampler.build()
-    sampler.setup(context)
-    rewards = {p.alias or p.name: p.build() for p in plan.rewards}
-    for provider in rewards.values():
-        provider.setup(context)
-    result = run_evaluation(sampler, rewards, source, registry, config, seed=seed,
-                            samples_per_context=args.n or ev.samples_per_context)
-    result.summary = summarize(result, baseline, seed=seed)
+    result = evaluate_policy(config, policy=args.policy, data=args.data, limit=args.limit, samples_per_context=args.n,
+                             seed=args.seed, baseline=baseline, output_dir=args.out)
     write_evaluation(result, args.out)
     print(markdown_table(result.summary), end="")
     print(f"wrote {args.out / 'eval.json'} and {args.out / 'eval.md'}")

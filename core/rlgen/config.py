@@ -74,6 +74,7 @@ class EvalSection(_Section):
     data: str | None = Field(None, description="a .jsonl / .parquet file of eval contexts instead of the split")
     limit: int | None = Field(64, ge=1, description="evaluate on the first N contexts (None: all)")
     samples_per_context: int = Field(1, ge=1, description="completions per eval context")
+    batch_prompts: int = Field(8, ge=1, description="contexts per generation call (more is faster on a CPU, up to memory)")
     every: int = Field(0, ge=0, description="evaluate during training every K steps (0: never)")
 
 

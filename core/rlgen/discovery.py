@@ -86,7 +86,9 @@ class PluginInfo:
     cls: type[Plugin] | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "cls"}
+        out = {k: v for k, v in self.__dict__.items() if k != "cls"}
+        out["aliases"] = list(self.aliases)
+        return out
 
 
 class Registry:

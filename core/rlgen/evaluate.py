@@ -16,12 +16,14 @@ from typing import Any
 import torch
 import tqdm
 
+from . import session
+from .config import RunConfig
 from .data import PromptSource
 from .discovery import Registry
 from .errors import ConfigError
 from .interfaces import RewardProvider, Sampler
-from .seeding import seed_everything, step_seed
 from .reward import check_reward_result
+from .seeding import seed_everything, step_seed
 
 BOOTSTRAP_SAMPLES = 1000
 
@@ -94,6 +96,57 @@ def run_evaluation(
                 per_sample[name] = values
     result = EvalResult(per_sample, scalars, texts, meta, group)
     result.summary = summarize(result, seed=seed)
+    return result
+
+
+def evaluate_policy(
+    config: RunConfig,
+    *,
+    policy: str | None = None,
+    sampler: Sampler | None = None,
+    rewards: dict[str, RewardProvider] | None = None,
+    registry: Registry | None = None,
+    data: str | None = None,
+    limit: int | None = None,
+    samples_per_context: int | None = None,
+    seed: int | None = None,
+    baseline: "EvalResult | None" = None,
+    output_dir: Path | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Evaluate a policy on the config's eval contexts: generate, score every metric, summarise.
+
+    The one evaluation behind ``rlgen eval``, the periodic evaluation of a run and plugin labs.
+
+    Args:
+        config: the run config (prompt template, sampler, rewards, ``eval`` section).
+        policy: a policy folder or model spec to evaluate instead of ``model.path``.
+        sampler: an already set-up sampler to generate with (the live policy of a run); the
+            caller keeps and closes it. Default: the configured sampler, built, set up and closed here.
+        rewards: already set-up reward instances by key (the caller closes them); default: fresh ones,
+            closed here. Stateful rewards must not share instances with training.
+        data, limit, samples_per_context, seed: override ``eval.data``, ``eval.limit``,
+            ``eval.samples_per_context`` and ``run.seed``.
+        baseline: an evaluation of the same contexts, for relative deltas (Eq. 10).
+        output_dir: where plugins may write (their RunContext's output_dir); default the run folder.
+    """
+    config, plan, registry = session.with_policy(config, policy, registry)
+    ev = config.eval
+    seed = config.run.seed if seed is None else seed
+    source = session.eval_contexts(config, registry, data, limit)
+    context = session.run_context(config, registry, output_dir or Path(config.run.output_dir), seed=seed)
+    own: list = []
+    if sampler is None:
+        sampler = plan.sampler.build()  # type: ignore[assignment]
+        own.append(sampler)
+    if rewards is None:
+        rewards = session.build_rewards(plan)
+        own += rewards.values()
+    with session.plugins_set_up(context, own):
+        result = run_evaluation(sampler, rewards, source, registry, config, seed=seed,  # type: ignore[arg-type]
+                                batch_prompts=ev.batch_prompts, progress=progress,
+                                samples_per_context=samples_per_context or ev.samples_per_context)
+    result.summary = summarize(result, baseline, seed=seed)
     return result
 
 

@@ -18,14 +18,14 @@ from typing import Any
 import torch
 import tqdm
 
-from . import checkpoints
+from . import checkpoints, session
 from .advantage import check_advantages
-from .config import RunConfig, RunPlan, plan_run
-from .data import PromptSource, read_records
+from .config import RunConfig
+from .discovery import Registry
 from .errors import ConfigError
-from .interfaces import Plugin, RunContext
+from .evaluate import evaluate_policy
+from .interfaces import Plugin, RewardProvider
 from .logs import get_logger
-from .discovery import Registry, registry as discover
 from .reward import RewardResult, check_reward_result
 from .seeding import seed_everything, step_seed
 
@@ -39,45 +39,9 @@ class RunResult:
     metrics: list[dict[str, float]] = field(default_factory=list)
 
 
-def default_cache_dir(config: RunConfig) -> Path:
-    if config.run.cache_dir:
-        return Path(config.run.cache_dir).expanduser()
-    return Path(os.environ.get("RLGEN_CACHE_DIR", "~/.cache/rlgen")).expanduser()
-
-
 def distributed_env() -> tuple[int, int]:
     """(rank, world size) as set by torchrun or the deepspeed launcher; (0, 1) otherwise."""
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def build_prompt_source(config: RunConfig, registry: Registry, cache_dir: Path) -> PromptSource:
-    """Read the configured data and check the template against it (no writes to the run folder)."""
-    data = config.data
-    template, system_prompt, fields = data.prompt_template, data.system_prompt, dict(data.fields)
-    if data.path.startswith("builtin:"):
-        builtin = registry.resolve_dataset(data.path, data.split, cache_dir)
-        path = builtin.path
-        template = template or builtin.prompt_template
-        system_prompt = system_prompt if system_prompt is not None else builtin.system_prompt
-        fields = {**builtin.fields, **fields}
-    else:
-        path = Path(data.path)
-    if not template:
-        raise ConfigError(f"{config.origin}: data.prompt_template is required for {data.path}")
-    records = read_records(path, fields)
-    if data.limit:
-        records = records[: data.limit]
-    return PromptSource(
-        records, template, data.prompts_per_step, config.run.seed, system_prompt, data.shuffle, origin=config.origin
-    )
-
-
-def prepare(config: RunConfig, registry: Registry | None = None) -> tuple[RunPlan, PromptSource, Registry]:
-    """Everything `rlgen validate` checks: plugins, params, data and template."""
-    registry = registry or discover()
-    plan = plan_run(config, registry)
-    source = build_prompt_source(config, registry, default_cache_dir(config))
-    return plan, source, registry
 
 
 def _all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
@@ -100,26 +64,25 @@ def _barrier() -> None:
 class _Run:
     """State of one training run; `train` below is the public entry point."""
 
-    def __init__(self, config: RunConfig, plan: RunPlan, source: PromptSource, registry: Registry, progress: bool):
+    def __init__(self, prepared: session.PreparedRun, progress: bool):
+        config, plan = prepared.config, prepared.plan
         self.config = config
         self.plan = plan
-        self.source = source
-        self.registry = registry
+        self.source = prepared.source
+        self.registry = prepared.registry
         self.progress = progress
         self.rank, self.world_size = distributed_env()
         self.output_dir = Path(config.run.output_dir)
         self.ckpt_root = self.output_dir / "checkpoints"
-        self.context = RunContext(
-            config=config, registry=registry, output_dir=self.output_dir, cache_dir=default_cache_dir(config),
-            seed=config.run.seed, rank=self.rank, world_size=self.world_size,
-        )
+        self.context = session.run_context(config, self.registry, self.output_dir, rank=self.rank,
+                                           world_size=self.world_size)
         self.trainer = plan.trainer.build()
         self.sampler = plan.sampler.build()
         self.advantage = plan.advantage.build()
-        self.rewards = {p.alias or p.name: p.build() for p in plan.rewards}
-        self.weights = {p.alias or p.name: p.weight for p in plan.rewards}
+        self.rewards = session.build_rewards(plan)
+        self.weights = session.reward_weights(plan)
         self.callbacks = [p.build() for p in plan.callbacks]
-        self._eval: tuple[PromptSource, dict[str, Plugin]] | None = None
+        self._eval_rewards: dict[str, RewardProvider] | None = None
 
     # -- plugin state ---------------------------------------------------------------------
 
@@ -210,23 +173,14 @@ class _Run:
         return metrics, rollout, rewards, adv
 
     def evaluate(self, step: int) -> dict[str, float]:
-        """Held-out metrics with the live policy; rewards are fresh instances so that stateful
-        ones (rolling windows) do not learn from eval completions."""
-        from .evaluate import run_evaluation
-        from .generate import contexts_source
-
-        ev = self.config.eval
-        if self._eval is None:
-            source = contexts_source(self.config, self.registry, ev.data, split=ev.split)
-            if ev.limit:
-                source.records = source.records[: ev.limit]
-            rewards = {p.alias or p.name: p.build() for p in self.plan.rewards}
-            for r in rewards.values():
+        """Held-out metrics with the live policy; rewards are fresh instances (set up once, kept for
+        the run) so that stateful ones (rolling windows) do not learn from eval completions."""
+        if self._eval_rewards is None:
+            self._eval_rewards = session.build_rewards(self.plan)
+            for r in self._eval_rewards.values():
                 r.setup(self.context)
-            self._eval = (source, rewards)
-        source, rewards = self._eval
-        result = run_evaluation(self.sampler, rewards, source, self.registry, self.config,  # type: ignore[arg-type]
-                                samples_per_context=ev.samples_per_context, seed=self.config.run.seed, progress=False)
+        result = evaluate_policy(self.config, sampler=self.sampler, rewards=self._eval_rewards,
+                                 registry=self.registry, output_dir=self.output_dir, progress=False)
         return {f"eval/{k}": v["mean"] for k, v in result.summary.items()}
 
     def run(self, resume: bool) -> RunResult:
@@ -294,7 +248,7 @@ class _Run:
             bar.close()
             for cb in self.callbacks:
                 self.registry.pm.unregister(cb)
-            eval_rewards = list(self._eval[1].values()) if self._eval else []
+            eval_rewards = list(self._eval_rewards.values()) if self._eval_rewards else []
             for plugin in [*self.callbacks, *self.rewards.values(), *eval_rewards, self.advantage, self.sampler,
                            self.trainer]:
                 plugin.close()
@@ -305,11 +259,11 @@ def train(
     config: RunConfig, *, resume: bool = False, registry: Registry | None = None, progress: bool = True
 ) -> RunResult:
     """Validate ``config`` completely, then train; returns the run folder and per-step metrics."""
-    plan, source, registry = prepare(config, registry)
+    prepared = session.prepare(config, registry)
     out = Path(config.run.output_dir)
     if not resume and checkpoints.latest_checkpoint(out / "checkpoints") is not None:
         raise ConfigError(
             f"{config.origin}: run.output_dir {out} already holds checkpoints; pass --resume to continue, "
             "or choose another folder"
         )
-    return _Run(config, plan, source, registry, progress).run(resume)
+    return _Run(prepared, progress).run(resume)

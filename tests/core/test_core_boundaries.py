@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import graphlib
 import inspect
 import subprocess
 import sys
@@ -45,6 +46,71 @@ def test_every_hook_is_documented_with_its_exact_signature():
 
 
 def test_generated_references_match_the_code():
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_reference.py"), "--check"],
+    out = subprocess.run([sys.executable, str(ROOT / "docs" / "gen_reference.py"), "--check"],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def _module_imports(path: Path, package: str) -> set[str]:
+    """Modules of ``package`` that ``path`` imports, at module level or inside functions (not under TYPE_CHECKING)."""
+    tree = ast.parse(path.read_text())
+    type_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                 for stmt in node.body for n in ast.walk(stmt)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                found.add(f"{package}.{node.module.split('.')[0]}")
+            else:
+                found.update(f"{package}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.startswith(f"{package}."):
+            found.add(".".join(node.module.split(".")[:2]))
+    return found
+
+
+def test_core_modules_import_each_other_without_a_cycle():
+    graph = {f"rlgen.{p.stem}": _module_imports(p, "rlgen") for p in (ROOT / "core" / "rlgen").glob("*.py")
+             if p.stem != "__init__"}
+    graph = {mod: {d for d in deps if d in graph and d != mod} for mod, deps in graph.items()}
+    try:
+        order = list(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as exc:
+        raise AssertionError(f"import cycle in core/: {' -> '.join(exc.args[1])}") from None
+    assert "rlgen.cli" in order and "rlgen.session" in order
+
+
+def _private_rlgen_imports(root: Path) -> list[str]:
+    offenders = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.startswith("rlgen."):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: from {node.module} import ...")
+            elif isinstance(node, ast.Import):
+                offenders += [f"{path.relative_to(ROOT)}:{node.lineno}: import {a.name}" for a in node.names
+                              if a.name.startswith("rlgen.")]
+    return offenders
+
+
+def test_bundled_plugins_and_the_example_package_import_only_the_public_api():
+    roots = [ROOT / "plugins" / "src", ROOT / "relate_plugins" / "src", ROOT / "examples" / "brand-voice-reward" / "src"]
+    assert [o for r in roots for o in _private_rlgen_imports(r)] == []
+
+
+def test_the_private_import_check_sees_a_private_import(tmp_path):
+    (tmp_path / "plugin.py").write_text("import rlgen\nfrom rlgen.logs import get_logger\n")
+    global ROOT
+    saved, ROOT = ROOT, tmp_path
+    try:
+        assert _private_rlgen_imports(tmp_path) == ["plugin.py:2: from rlgen.logs import ..."]
+    finally:
+        ROOT = saved
+
+
+def test_every_public_name_is_documented():
+    import rlgen
+
+    doc = (ROOT / "docs" / "api.md").read_text()
+    missing = [name for name in rlgen.__all__ if f"`{name}`" not in doc and f"`{name}(" not in doc]
+    assert missing == [], f"docs/api.md does not document {missing}"

@@ -87,7 +87,7 @@ def test_a_pip_installed_distribution_is_discovered_through_its_entry_point(inst
     [info] = [p for p in listing["plugins"] if p["name"] == "acme.exclaim"]
     assert info == {
         "kind": "reward", "name": "acme.exclaim", "description": "penalises every exclamation mark",
-        "distribution": "acme-rewards", "version": "1.2.3", "module": "acme_rewards", "granularity": "token",
+        "distribution": "acme-rewards", "version": "1.2.3", "module": "acme_rewards", "granularity": "token", "aliases": [],
         "status": "ok", "error": None,
     }
     # not importable without the install: discovery really came from the entry point
@@ -124,3 +124,47 @@ def test_broken_module_is_listed_and_duplicate_names_name_both_distributions(tmp
     assert out.returncode == 1
     text = rlgen_cli("plugins", path=Path(f"{target}{os.pathsep}{installed}"))
     assert "broken_rewards" in text.stderr and "No module named 'no_such_module'" in text.stderr
+
+
+def test_a_misspelt_hookimpl_is_a_listed_module_error_naming_the_function(tmp_path, installed):
+    target = tmp_path / "site"
+    typo = PLUGIN_CODE.format(name="typo.exclaim").replace("def rlgen_reward_providers", "def rlgen_reward_provider")
+    pip_install(make_distribution(tmp_path, "typo-rewards", "typo_rewards", "typo.exclaim", body=typo), target)
+    path = Path(f"{target}{os.pathsep}{installed}")
+    listing = json.loads(rlgen_cli("plugins", "--json", path=path).stdout)
+    [mod] = [m for m in listing["modules"] if m["name"] == "typo_rewards"]
+    assert mod["status"] == "error"
+    assert "typo_rewards" in mod["error"] and "rlgen_reward_provider()" in mod["error"]
+    assert "did you mean rlgen_reward_providers?" in mod["error"]
+    # the module is rejected whole, and the listing says so on stderr
+    assert not any(p["name"] == "typo.exclaim" for p in listing["plugins"])
+    assert "rlgen_reward_provider()" in rlgen_cli("plugins", path=path).stderr
+
+
+def test_a_plugin_is_found_by_its_aliases_and_an_alias_cannot_be_claimed_twice():
+    import types
+
+    import rlgen
+
+    def module(name: str, cls: type) -> types.ModuleType:
+        mod = types.ModuleType(name)
+        mod.rlgen_advantage_combiners = rlgen.hookimpl(lambda: [cls])
+        mod.rlgen_advantage_combiners.__name__ = "rlgen_advantage_combiners"
+        return mod
+
+    class Renamed(rlgen.AdvantageCombiner):
+        name, aliases = "new.name", ("old.name",)
+
+        def combine(self, rollout, rewards, weights):
+            raise NotImplementedError
+
+    class Squatter(Renamed):
+        name, aliases = "squatter", ("old.name",)
+
+    reg = rlgen.registry([module("renamed_mod", Renamed)], autoload=False)
+    assert reg.get("advantage", "old.name") is Renamed and reg.get("advantage", "new.name") is Renamed
+    [info] = reg.infos
+    assert info.aliases == ("old.name",) and info.as_dict()["aliases"] == ["old.name"]
+    clash = rlgen.registry([module("renamed_mod", Renamed), module("squat_mod", Squatter)], autoload=False)
+    with pytest.raises(rlgen.PluginError, match="two plugins claim the advantage name 'old.name'"):
+        clash.check()

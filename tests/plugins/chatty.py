@@ -59,3 +59,12 @@ def train_chatty(source: Path, target: Path, steps: int = 60, seed: int = 0) -> 
     tok.padding_side = "left"
     tok.save_pretrained(target)
     return target
+
+
+def chatty_model(cache_dir: Path, source: Path, name: str, steps: int = 60, seed: int = 0) -> Path:
+    """``source`` taught to give short answers ending with EOS, built once into the test cache under ``name``."""
+    from rlgen_plugins.models.cache import materialise, spec_key
+
+    spec = {"name": name, "version": 1, "steps": steps, "seed": seed, "source": source.name}
+    target = cache_dir / "test-models" / f"{name}-{spec_key(spec)}"
+    return materialise(target, spec, lambda folder: train_chatty(source, folder, steps=steps, seed=seed))

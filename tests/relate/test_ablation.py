@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import rlgen
-from rlgen_relate import ablation
+from rlgen_relate.lab import ablation
 from rlgen_relate.credit import CreditAssignment
 from rlgen_relate.presets import NAMES, preset
 
@@ -112,7 +112,7 @@ def test_ablation_runs_end_to_end_at_toy_scale(tmp_path):
     """Two configurations, one step each, on the tiny Llama: every file of the report is written."""
     import dataclasses
 
-    from rlgen_relate.demo import QUICK
+    from rlgen_relate.lab.demo import QUICK
 
     toy = dataclasses.replace(QUICK, name="toy", log_contexts=8, impressions_per_context=300, ctcvr_epochs=1, steps=1,
                               eval_contexts=3, overrides=QUICK.overrides + ("sampler.params.max_new_tokens=8",))

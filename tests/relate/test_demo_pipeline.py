@@ -16,7 +16,7 @@ import pytest
 import rlgen
 from rlgen.config import load_config
 from rlgen_relate import evaluation
-from rlgen_relate.demo import QUICK, run_demo, spread
+from rlgen_relate.lab.demo import QUICK, run_demo, spread
 
 CONTEXT = {
     "id": "sa-travel-001", "vertical": "travel", "advertiser": "Harbor Air", "query": "cheap flights to rome",

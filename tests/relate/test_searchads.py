@@ -14,7 +14,7 @@ from rlgen.errors import ConfigError
 from rlgen_relate.searchads import PROMPT_TEMPLATE, SYSTEM_PROMPT, dataset_dir, generate_contexts, write_dataset
 from rlgen_relate.searchads.cli import main as data_main
 from rlgen_relate.searchads.vocabulary import fill, load_vocabulary
-from rlgen_relate.simulator.features import REJECT_RE
+from rlgen_relate.lab.simulator.features import REJECT_RE
 
 FIELDS = ("id", "vertical", "advertiser", "query", "bid_word", "selling_points", "landing_page", "split", "lang")
 

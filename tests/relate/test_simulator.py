@@ -12,7 +12,7 @@ import pytest
 
 from rlgen.data import read_records
 from rlgen_relate.searchads import generate_contexts
-from rlgen_relate.simulator import (
+from rlgen_relate.lab.simulator import (
     KINDS,
     Simulator,
     SimulatorConfig,
@@ -21,9 +21,9 @@ from rlgen_relate.simulator import (
     true_probabilities,
     write_logs,
 )
-from rlgen_relate.simulator.cli import main as simulate_main, measure_file
-from rlgen_relate.simulator.fatigue import fatigue_multipliers, near_duplicate_share
-from rlgen_relate.simulator.features import REJECT_RE
+from rlgen_relate.lab.simulator.cli import main as simulate_main, measure_file
+from rlgen_relate.lab.simulator.fatigue import fatigue_multipliers, near_duplicate_share
+from rlgen_relate.lab.simulator.features import REJECT_RE
 
 CTX = {
     "id": "hand-1",

@@ -15,31 +15,6 @@ import pydantic
 import torch
 
 import rlgen
-from rlgen import PluginError
-from rlgen.advantage import group_std
-
-
-def _sentence_rewards(
-    plugin: str, rollout: rlgen.Rollout, rewards: dict[str, rlgen.RewardResult], weights: dict[str, float]
-) -> list[tuple[str, float, torch.Tensor]]:
-    """(name, weight, sentence values [B]) for every reward with a non-zero weight."""
-    missing = set(rewards) - set(weights)
-    if missing:
-        raise PluginError(f"advantage combiner '{plugin}': no weight given for rewards {sorted(missing)}")
-    out = []
-    for name, result in rewards.items():
-        weight = float(weights[name])
-        if weight == 0.0:  # logged by the loop, but no part of the objective
-            continue
-        out.append((name, weight, result.to_sentence(rollout.completion_mask).double()))  # Eq. 4
-    if not out:
-        raise PluginError(f"advantage combiner '{plugin}': every reward has weight 0; nothing to optimise")
-    return out
-
-
-def _weighted_sum(terms: list[tuple[str, float, torch.Tensor]]) -> torch.Tensor:
-    """Eq. 2: R_i = sum_k w_k r_k(o_i)."""
-    return torch.stack([w * v for _, w, v in terms]).sum(dim=0)
 
 
 def _group_ids(group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,25 +75,8 @@ class GRPOAdvantage(rlgen.AdvantageCombiner):
         self, rollout: rlgen.Rollout, rewards: dict[str, rlgen.RewardResult], weights: dict[str, float]
     ) -> torch.Tensor:
         p = self.params
-        terms = _sentence_rewards(self.name, rollout, rewards, weights)
-        metrics: dict[str, float] = {}
-        if p.mode == "sum_then_normalize":
-            adv, zero_frac = rlgen.group_normalize(_weighted_sum(terms), rollout.group, scale=p.scale, eps=p.eps)  # Eq. 8
-        else:
-            adv = torch.zeros(rollout.batch_size, dtype=torch.float64)
-            flat = torch.ones(rollout.batch_size, dtype=torch.bool)  # samples whose every reward is flat in the group
-            for name, weight, values in terms:
-                norm, frac = rlgen.group_normalize(values, rollout.group, scale=p.scale, eps=p.eps)  # Eq. 8 per reward
-                adv = adv + weight * norm.double()
-                flat &= group_std(values, rollout.group) < p.eps
-                metrics[f"zero_var_group_frac/{name}"] = frac
-            inverse, _ = _group_ids(rollout.group)
-            n_groups = int(inverse.max()) + 1 if inverse.numel() else 0
-            group_flat = torch.ones(n_groups, dtype=torch.bool).index_put_((inverse,), flat, accumulate=False)
-            # a group counts as flat only if all of its samples are flat (they agree by construction)
-            zero_frac = float(group_flat.float().mean()) if n_groups else 0.0
-        adv = adv.float()
-        metrics["zero_var_group_frac"] = zero_frac
+        terms, _ = rlgen.reward_terms(self.name, rollout, rewards, weights)  # Eq. 4
+        adv, metrics = rlgen.sentence_advantage(terms, rollout.group, scale=p.scale, mode=p.mode, eps=p.eps)  # Eq. 2, 8
         metrics.update(_summary(adv))
         self._metrics = metrics
         return rlgen.broadcast_to_tokens(adv, rollout.completion_mask)
@@ -160,7 +118,8 @@ class RLOOAdvantage(rlgen.AdvantageCombiner):
         self, rollout: rlgen.Rollout, rewards: dict[str, rlgen.RewardResult], weights: dict[str, float]
     ) -> torch.Tensor:
         p = self.params
-        total = _weighted_sum(_sentence_rewards(self.name, rollout, rewards, weights))
+        terms, _ = rlgen.reward_terms(self.name, rollout, rewards, weights)  # Eq. 4
+        total = rlgen.weighted_sum(terms)  # Eq. 2
         # R_i - mean_j R_j, zero for flat groups; the core's centring (Eq. 8 without scaling)
         centred, zero_frac = rlgen.group_normalize(total, rollout.group, scale="none", eps=p.eps)
         _, n = _group_ids(rollout.group)

@@ -17,7 +17,7 @@ import pydantic
 import torch
 
 import rlgen
-from rlgen.logs import get_logger
+from rlgen import get_logger
 
 log = get_logger("rlgen.samples")
 

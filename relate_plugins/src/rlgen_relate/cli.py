@@ -13,16 +13,16 @@ import argparse
 import importlib
 import sys
 
-from rlgen.cli import run_cli
+from rlgen import run_cli
 
 
 #: subcommand name -> module exposing ``register(subparsers)``
 COMMANDS: dict[str, str] = {
     "ctcvr": "rlgen_relate.ctcvr.cli",
-    "ablation": "rlgen_relate.ablation",
-    "demo": "rlgen_relate.demo",
+    "ablation": "rlgen_relate.lab.ablation",
+    "demo": "rlgen_relate.lab.demo",
     "data": "rlgen_relate.searchads.cli",
-    "simulate": "rlgen_relate.simulator.cli",
+    "simulate": "rlgen_relate.lab.simulator.cli",
 }
 
 

@@ -31,7 +31,6 @@ import torch
 from pydantic import Field
 
 import rlgen
-from rlgen.advantage import group_std
 
 
 class CreditAssignment(rlgen.AdvantageCombiner):
@@ -59,65 +58,28 @@ class CreditAssignment(rlgen.AdvantageCombiner):
 
     def _split(
         self, rollout: rlgen.Rollout, rewards: dict[str, rlgen.RewardResult], weights: dict[str, float]
-    ) -> tuple[list[tuple[str, float, torch.Tensor]], list[tuple[str, float, torch.Tensor]]]:
-        """(sentence terms [B], token terms [B, T]) as (name, weight, values), zero-weight rewards left out."""
-        missing = set(rewards) - set(weights)
-        if missing:
-            raise rlgen.PluginError(f"advantage combiner '{self.name}': no weight given for rewards {sorted(missing)}")
+    ) -> tuple[list[rlgen.RewardTerm], list[rlgen.RewardTerm]]:
+        """(sentence terms [B], token terms [B, T]); demoted token rewards count as sentence terms (Eq. 4)."""
         unknown = set(self.params.demote) - set(rewards)
         if unknown:
             raise rlgen.PluginError(
                 f"advantage combiner '{self.name}': params.demote names {sorted(unknown)}, which are not rewards of "
                 f"this run (have {sorted(rewards)})"
             )
-        sentence, token = [], []
-        for name, result in rewards.items():
-            weight = float(weights[name])
-            if weight == 0.0:
-                continue
-            granularity = result.granularity or ("token" if result.values.dim() == 2 else "sentence")
-            if granularity == "token" and name not in self.params.demote:
-                token.append((name, weight, result.values.float()))
-            else:
-                sentence.append((name, weight, result.to_sentence(rollout.completion_mask).double()))  # Eq. 4
-        if not sentence and not token:
-            raise rlgen.PluginError(f"advantage combiner '{self.name}': every reward has weight 0; nothing to optimise")
-        return sentence, token
-
-    def _sentence_advantage(self, rollout: rlgen.Rollout, terms: list[tuple[str, float, torch.Tensor]]) -> torch.Tensor:
-        """Eq. 8 on the sentence-level rewards, [B]; records the zero-variance share."""
-        p = self.params
-        if not terms:
-            self._metrics["zero_var_group_frac"] = 1.0  # no sentence signal: every group is flat
-            return torch.zeros(rollout.batch_size)
-        if p.mode == "sum_then_normalize":
-            total = torch.stack([w * v for _, w, v in terms]).sum(dim=0)
-            adv, zero_frac = rlgen.group_normalize(total, rollout.group, scale=p.scale, eps=p.eps)  # Eq. 8
-            self._metrics["zero_var_group_frac"] = zero_frac
-            return adv.float()
-        adv = torch.zeros(rollout.batch_size, dtype=torch.float64)
-        flat = torch.ones(rollout.batch_size, dtype=torch.bool)
-        for name, weight, values in terms:
-            norm, frac = rlgen.group_normalize(values, rollout.group, scale=p.scale, eps=p.eps)  # Eq. 8 per reward
-            adv = adv + weight * norm.double()
-            flat &= group_std(values, rollout.group) < p.eps
-            self._metrics[f"zero_var_group_frac/{name}"] = frac
-        groups, inverse = torch.unique(rollout.group, return_inverse=True)
-        group_flat = torch.ones(groups.shape[0], dtype=torch.bool).index_put_((inverse,), flat)
-        self._metrics["zero_var_group_frac"] = float(group_flat.float().mean()) if groups.numel() else 0.0
-        return adv.float()
+        return rlgen.reward_terms(self.name, rollout, rewards, weights, keep_tokens=set(rewards) - set(self.params.demote))
 
     def combine(
         self, rollout: rlgen.Rollout, rewards: dict[str, rlgen.RewardResult], weights: dict[str, float]
     ) -> torch.Tensor:
         mask = rollout.completion_mask
-        self._metrics = {}
+        p = self.params
         sentence, token = self._split(rollout, rewards, weights)
-        adv_sentence = self._sentence_advantage(rollout, sentence)
+        adv_sentence, self._metrics = rlgen.sentence_advantage(sentence, rollout.group, scale=p.scale, mode=p.mode,
+                                                               eps=p.eps)  # Eq. 8
         advantages = rlgen.broadcast_to_tokens(adv_sentence, mask)
         if token:
             # Eq. 7: alpha * sum_k w_k r_k[i, t], only where the provider put a reward (zero elsewhere and on padding)
-            adv_token = self.params.alpha * torch.stack([w * v for _, w, v in token]).sum(dim=0) * mask.float()
+            adv_token = p.alpha * rlgen.weighted_sum(token) * mask.float()
             advantages = advantages + adv_token  # Eq. 9
         else:
             adv_token = torch.zeros_like(advantages)

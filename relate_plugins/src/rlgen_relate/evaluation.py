@@ -122,7 +122,7 @@ def simulator_metrics(texts: list[str], meta: list[dict[str, Any]], seed: int = 
 
     The whole set is assessed in one call, so near-duplicate ads across contexts pay their fatigue.
     """
-    from .simulator import Simulator
+    from .lab.simulator import Simulator
 
     assessment = Simulator(seed=seed).assess(meta, texts)
     return {

@@ -30,7 +30,7 @@ import torch
 
 import rlgen
 from rlgen import PluginError
-from rlgen.logs import get_logger
+from rlgen import get_logger
 
 from ..models import load_tokenizer, torch_dtype
 from .completions import assemble, stack

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pydantic
 
-from rlgen.errors import ConfigError
+from rlgen import ConfigError
 
 
 def _int_list(text: str) -> list[int]:

@@ -26,9 +26,9 @@ import numpy as np
 import pydantic
 from pydantic import Field
 
-from rlgen.data import field_text
-from rlgen.errors import RlgenError
-from rlgen.logs import get_logger
+from rlgen import field_text
+from rlgen import RlgenError
+from rlgen import get_logger
 
 log = get_logger("rlgen_relate.ctcvr")
 

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from rlgen.errors import ConfigError, RlgenError
+from rlgen import ConfigError, RlgenError
 
 DEFAULT_EMBEDDER = "builtin:minilm-l6"
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from rlgen.errors import ConfigError
+from rlgen import ConfigError
 
 from .embedder import DEFAULT_EMBEDDER, FrozenEmbedder
 

@@ -21,8 +21,8 @@ import torch
 from pydantic import Field
 
 import rlgen
-from rlgen.data import field_text
-from rlgen.errors import PluginError
+from rlgen import field_text
+from rlgen import PluginError
 
 from .embedder import FrozenEmbedder
 from .model import CtcvrModel

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rlgen.errors import ConfigError
+from rlgen import ConfigError
 
 from .data import LogFields, LogTable, read_logs
 from .model import CtcvrModel

@@ -22,8 +22,8 @@ import torch
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from rlgen.errors import ConfigError
-from rlgen.logs import get_logger
+from rlgen import ConfigError
+from rlgen import get_logger
 
 from .data import LogFields, LogTable
 from .embedder import DEFAULT_EMBEDDER, FrozenEmbedder, cache_file_for

@@ -34,7 +34,7 @@ import torch
 from pydantic import Field, model_validator
 
 import rlgen
-from rlgen.logs import get_logger
+from rlgen import get_logger
 
 from ._text import WORD_RE, NormalizedBatch, UnitBatch, UnitHasher, context_text
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import rlgen
-from rlgen.data import BuiltinDataset
-from rlgen.errors import ConfigError
+from rlgen import BuiltinDataset
+from rlgen import ConfigError
 
 from .generate import generate_contexts
 from .vocabulary import vocabulary_fingerprint

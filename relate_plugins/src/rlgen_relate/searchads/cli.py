@@ -14,7 +14,7 @@ import sys
 
 def _cmd_write(args: argparse.Namespace) -> int:
     from . import write_dataset
-    from rlgen.data import read_records
+    from rlgen import read_records
 
     paths = write_dataset(
         args.out,

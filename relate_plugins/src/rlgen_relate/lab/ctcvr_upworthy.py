@@ -16,7 +16,7 @@ higher predicted CTR belong to the higher observed CTR (ties count one half)?
 Usage (from the repository root; about 10-20 minutes on 2 CPU cores, most of it embedding
 the texts once; embeddings are cached under .cache/ctcvr):
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/ctcvr_upworthy.py [--out runs/ctcvr_upworthy]
+    OMP_NUM_THREADS=1 .venv/bin/python -m rlgen_relate.lab.ctcvr_upworthy [--out runs/ctcvr_upworthy]
 
 Writes the chosen model folder (usable by `relate.ctcvr` and `rlgen-relate ctcvr score`) and
 results.json into --out, and prints the table that docs/ctcvr.md reports.
@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 
 
-REPO = Path(__file__).resolve().parents[1]
+#: defaults are relative to the folder the command runs in (the repository root)
+REPO = Path.cwd()
 
 # Each candidate is one principled variant, not a tuned grid. "x5" = five members, each
 # early-stopped on one fold of a 5-fold split of the training tests and trained on the other
@@ -85,11 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from rlgen.logs import configure_logging
-    from rlgen_relate.ctcvr.data import LogFields, read_logs
-    from rlgen_relate.ctcvr.embedder import FrozenEmbedder, cache_file_for, resolve_embedder
-    from rlgen_relate.ctcvr.metrics import group_pairwise_accuracy
-    from rlgen_relate.ctcvr.train import TrainConfig, save_training, train
+    from rlgen import configure_logging
+
+    from ..ctcvr.data import LogFields, read_logs
+    from ..ctcvr.embedder import FrozenEmbedder, cache_file_for, resolve_embedder
+    from ..ctcvr.metrics import group_pairwise_accuracy
+    from ..ctcvr.train import TrainConfig, save_training, train
 
     configure_logging(level="warning")
     names = [c.strip() for c in args.candidates.split(",") if c.strip()]

@@ -7,7 +7,7 @@ finds frequent n-grams) and some blacklisted words; the diversity window is fill
 steady state of a run, not the cheaper first step. Both wall time and this process's CPU time are printed: on a
 machine shared with other jobs the CPU time is the fairer single-core figure.
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_rewards.py [--samples 1440] [--tokens 64] [--repeats 5]
+    OMP_NUM_THREADS=1 .venv/bin/python -m rlgen_relate.lab.bench_rewards [--samples 1440] [--tokens 64] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 import rlgen  # noqa: E402
-from rlgen_relate.credit import CreditAssignment  # noqa: E402
-from rlgen_relate.rewards import DiversityReward, FormatReward, LengthReward, RiskReward  # noqa: E402
+from ..credit import CreditAssignment  # noqa: E402
+from ..rewards import DiversityReward, FormatReward, LengthReward, RiskReward  # noqa: E402
 
 PRODUCTS = ["running shoes", "flights to paris", "coffee beans", "yoga mats", "car insurance", "phone cases",
             "hotel rooms", "laptops", "garden tools", "skin cream", "headphones", "dog food", "office chairs"]

@@ -1,7 +1,7 @@
 """Generate docs/hooks.md, docs/config.md and docs/plugins.md from the code, or check that they are current.
 
-    python scripts/gen_reference.py          # rewrite both files
-    python scripts/gen_reference.py --check  # exit 1 if either drifted (the test suite runs this)
+    python docs/gen_reference.py          # rewrite both files
+    python docs/gen_reference.py --check  # exit 1 if either drifted (the test suite runs this)
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def hooks_markdown() -> str:
     out = [
         "# Hook reference",
         "",
-        "Generated from `core/rlgen/hookspecs.py` by `scripts/gen_reference.py`; do not edit by hand.",
+        "Generated from `core/rlgen/hookspecs.py` by `docs/gen_reference.py`; do not edit by hand.",
         "Implement a hook with `@rlgen.hookimpl` in a module registered under the `rlgen` entry point",
         "group; an implementation may accept any subset of the parameters.",
         "",
@@ -64,7 +64,7 @@ def config_markdown() -> str:
     return "\n".join([
         "# Config reference",
         "",
-        "Generated from the pydantic models in `core/rlgen/config.py` by `scripts/gen_reference.py`; do not",
+        "Generated from the pydantic models in `core/rlgen/config.py` by `docs/gen_reference.py`; do not",
         "edit by hand. Each plugin's `params` are validated against that plugin's `Params` model: see",
         "`rlgen schema` for all of them, and `rlgen plugins` for what is installed.",
         "",
@@ -91,7 +91,7 @@ def plugins_markdown() -> str:
         "# Plugin reference",
         "",
         "Generated from the installed bundled distributions (`rlgen-plugins`, `rlgen-relate`) by",
-        "`scripts/gen_reference.py`; do not edit by hand. `rlgen plugins` lists what is installed here,",
+        "`docs/gen_reference.py`; do not edit by hand. `rlgen plugins` lists what is installed here,",
         "third-party plugins included.",
         "",
     ]
@@ -128,7 +128,7 @@ def main() -> int:
         else:
             path.write_text(text)
     if stale:
-        print(f"out of date: {', '.join(stale)}; run python scripts/gen_reference.py", file=sys.stderr)
+        print(f"out of date: {', '.join(stale)}; run python docs/gen_reference.py", file=sys.stderr)
         return 1
     return 0
 

@@ -26,11 +26,11 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from rlgen.errors import ConfigError
+from rlgen import ConfigError
 
 from . import report as rep
 from .demo import FULL, QUICK, Schedule, build_config, evaluate_policy, train_ctcvr_model, train_policy, write_data, write_impression_logs
-from .presets import NAMES, TABLE_2
+from ..presets import NAMES, TABLE_2
 
 #: paper Table 3 (Qwen3-8B, step 150): the orderings we compare with, not numbers we expect to match
 PAPER_TABLE_3: dict[str, dict[str, float]] = {

@@ -24,11 +24,11 @@ def _cache_dir() -> Path:
 
 
 def _contexts(path: str | None, split: str) -> list[dict[str, Any]]:
-    from rlgen.data import read_records
+    from rlgen import read_records
 
     if path:
         return read_records(path)
-    from rlgen_relate.searchads import ensure_dataset
+    from ...searchads import ensure_dataset
 
     return read_records(ensure_dataset(_cache_dir()) / f"{split}.jsonl")
 
@@ -62,7 +62,7 @@ def measure_file(
     out: str | Path | None = None,
 ) -> dict[str, float]:
     """Overall simulator metrics of every ad in ``path``; per-ad rows (context id, ad, outcomes) to ``out``."""
-    from rlgen.data import read_records
+    from rlgen import read_records
 
     from .measure import measure
 
@@ -162,7 +162,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rlgen_relate.simulator.cli")
+    parser = argparse.ArgumentParser(prog="python -m rlgen_relate.lab.simulator.cli")
     sub = parser.add_subparsers(dest="command", required=True)
     register(sub)
     args = parser.parse_args(["simulate", *(argv if argv is not None else sys.argv[1:])])

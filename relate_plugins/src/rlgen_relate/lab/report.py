@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from rlgen.evaluate import BOOTSTRAP_SAMPLES, EvalResult
+from rlgen import BOOTSTRAP_SAMPLES, EvalResult
 
 #: the evaluation metrics a reader looks at first, in report order: key, label, higher is better
 HEADLINE: list[tuple[str, str, bool]] = [

@@ -1,13 +1,13 @@
-"""Benchmark of the relate.grpo trainer: step time, tokens/s and peak memory, full fine-tuning vs LoRA.
+"""Benchmark of the grpo trainer: step time, tokens/s and peak memory, full fine-tuning vs LoRA.
 
 Not a test: numbers depend on the machine. Each mode runs in its own process (so peak memory
 is that mode's alone) on a synthetic rollout of fixed shape (the trainer's cost depends on the
 token counts, not on what the tokens say), through the real plugin: DeepSpeed engine, reference
 model (beta > 0) or adapter-disabled reference (LoRA), checkpoint-free.
 
-    .venv/bin/python scripts/bench_grpo.py                       # builtin:smollm2-135m-instruct, CPU
-    .venv/bin/python scripts/bench_grpo.py --modes lora --steps 5 --set zero_stage=3
-    .venv/bin/python scripts/bench_grpo.py --model builtin:tiny-llama --json out.json
+    python -m rlgen_plugins.grpo.benchmark                       # builtin:smollm2-135m-instruct, CPU
+    python -m rlgen_plugins.grpo.benchmark --modes lora --steps 5 --set zero_stage=3
+    python -m rlgen_plugins.grpo.benchmark --model builtin:tiny-llama --json out.json
 
 Peak memory is the process's peak resident set (CPU) or torch's peak allocated device memory
 (GPU), both including the model, the reference and the optimizer states.
@@ -25,7 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def trainer_params(mode: str, overrides: list[str]) -> dict:
-    from rlgen.config import apply_override
+    from rlgen import apply_override
 
     params: dict = {"learning_rate": 1e-6, "beta": 0.04, "epochs": 1, "micro_batch_size": 8, "zero_stage": 2}
     if mode == "lora":
@@ -102,21 +101,19 @@ def run_worker(mode: str, args: argparse.Namespace) -> dict:
     import torch
 
     import rlgen
-    from rlgen.config import load_config
-    from rlgen.discovery import registry
-    from rlgen_plugins.grpo import GrpoTrainer
+
+    from ..models import default_cache_dir
+    from .trainer import GrpoTrainer
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     params = trainer_params(mode, args.set)
-    out = ROOT / "runs" / "bench_grpo"
-    config = load_config({
+    out = Path.cwd() / "runs" / "bench_grpo"
+    config = rlgen.load_config({
         "model": {"path": args.model}, "data": {"path": "unused.jsonl"}, "rewards": [{"name": "unused"}],
-        "trainer": {"name": "relate.grpo", "params": params}, "run": {"steps": args.steps + 1, "output_dir": str(out)},
+        "trainer": {"name": "grpo", "params": params}, "run": {"steps": args.steps + 1, "output_dir": str(out)},
     })
-    from rlgen_plugins.models import default_cache_dir
-
-    ctx = rlgen.RunContext(config=config, registry=registry(), output_dir=out, cache_dir=default_cache_dir(), seed=0)
+    ctx = rlgen.RunContext(config=config, registry=rlgen.registry(), output_dir=out, cache_dir=default_cache_dir(), seed=0)
     t0 = time.perf_counter()
     trainer = GrpoTrainer(GrpoTrainer.Params(**params))
     trainer.setup(ctx)
@@ -159,7 +156,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(args.threads))
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     results = []
     shared = ["--model", args.model, "--prompts", str(args.prompts), "--group-size", str(args.group_size),
@@ -168,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     for assignment in args.set:
         shared += ["--set", assignment]
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
-        cmd = [sys.executable, str(Path(__file__).resolve()), *shared, "--worker", mode]
+        cmd = [sys.executable, "-m", "rlgen_plugins.grpo.benchmark", *shared, "--worker", mode]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")), None)
         if proc.returncode != 0 or line is None:
@@ -176,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mode {mode} failed (exit {proc.returncode})", file=sys.stderr)
             return 1
         results.append(json.loads(line[len("BENCH "):]))
-    print(f"relate.grpo benchmark on {platform.machine()} / {results[0]['device']}, {results[0]['threads']} thread(s), "
+    print(f"grpo trainer benchmark on {platform.machine()} / {results[0]['device']}, {results[0]['threads']} thread(s), "
           f"{results[0]['batch']}")
     print(f"{'mode':<6} {'trainable':>12} {'step s':>8} {'tokens/s':>9} {'peak MiB':>9}  setup s")
     for r in results:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from rlgen.errors import ConfigError
+from rlgen import ConfigError
 
 from . import report as rep
 
@@ -128,9 +128,9 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 def write_data(out: Path, eval_contexts: int, seed: int = 0) -> dict[str, Any]:
     """(a) the bundled contexts as train.jsonl / eval.jsonl, plus the spread of eval contexts the demo scores."""
-    from rlgen.data import read_records
+    from rlgen import read_records
 
-    from .searchads import write_dataset
+    from ..searchads import write_dataset
 
     paths = write_dataset(out / "data", seed=seed)
     train, evals = read_records(paths["train"]), read_records(paths["eval"])
@@ -142,7 +142,7 @@ def write_data(out: Path, eval_contexts: int, seed: int = 0) -> dict[str, Any]:
 
 def write_impression_logs(out: Path, train_path: str | Path, n_contexts: int, impressions: int, seed: int = 0) -> dict[str, Any]:
     """(b) the simulator serves its candidate pool on ``n_contexts`` train contexts and logs what happened."""
-    from rlgen.data import read_records
+    from rlgen import read_records
 
     from .simulator import write_logs
 
@@ -153,8 +153,8 @@ def write_impression_logs(out: Path, train_path: str | Path, n_contexts: int, im
 
 def train_ctcvr_model(logs: str | Path, out_dir: Path, epochs: int, seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """(c) the ESMM reward model on the logs, through the ctcvr package's own training function."""
-    from .ctcvr.data import LogFields, read_logs
-    from .ctcvr.train import TrainConfig, format_report, save_training, train
+    from ..ctcvr.data import LogFields, read_logs
+    from ..ctcvr.train import TrainConfig, format_report, save_training, train
 
     fields = LogFields(text="ad_text", context=list(CTCVR_CONTEXT_FIELDS), group="context_id")
     table = read_logs([Path(logs)], fields)
@@ -175,15 +175,16 @@ def train_ctcvr_model(logs: str | Path, out_dir: Path, epochs: int, seed: int = 
 def build_config(schedule: Schedule, *, ctcvr_model: str | Path, train_path: str | Path, eval_path: str | Path,
                  output_dir: Path, preset_name: str = "relate", seed: int = 0) -> dict[str, Any]:
     """The raw run config: a shipped preset, pointed at the demo's files, with the schedule's overrides."""
-    from rlgen.config import apply_override
+    from rlgen import apply_override
 
-    from .presets import preset
+    from ..presets import preset
 
     raw = preset(preset_name, ctcvr_model=str(ctcvr_model))
     raw["model"]["path"] = schedule.model
     raw["data"]["path"] = str(train_path)
     raw["data"].pop("split", None)
-    raw["eval"] = {**raw.get("eval", {}), "data": str(eval_path), "limit": None,
+    # 16 prompts per generate call: on a CPU, decoding costs per call, so fewer calls are faster
+    raw["eval"] = {**raw.get("eval", {}), "data": str(eval_path), "limit": None, "batch_prompts": 16,
                    "samples_per_context": schedule.samples_per_context, "every": 0}
     raw["run"].update({"steps": schedule.steps, "seed": seed, "output_dir": str(output_dir), "checkpoint_every": 0})
     for assignment in schedule.overrides:
@@ -194,40 +195,18 @@ def build_config(schedule: Schedule, *, ctcvr_model: str | Path, train_path: str
 def evaluate_policy(raw: dict[str, Any], policy: str | None, out_dir: Path, baseline: Path | None = None,
                     progress: bool = True) -> Any:
     """(d)/(f) ``rlgen eval`` in-process: generate on the eval contexts, score every metric, compare."""
-    from rlgen.config import load_config
-    from rlgen.evaluate import load_evaluation, run_evaluation, summarize, write_evaluation
-    from rlgen.generate import contexts_source, with_policy
-    from rlgen.interfaces import RunContext
-    from rlgen.loop import default_cache_dir
+    import rlgen
 
-    config, plan, registry = with_policy(load_config(raw), policy, None)
-    ev = config.eval
-    source = contexts_source(config, registry, ev.data, split=ev.split)
-    if ev.limit:
-        source.records = source.records[: ev.limit]
-    seed = config.run.seed
-    context = RunContext(config=config, registry=registry, output_dir=out_dir, cache_dir=default_cache_dir(config), seed=seed)
-    sampler = plan.sampler.build()
-    rewards = {p.alias or p.name: p.build() for p in plan.rewards}
-    try:
-        sampler.setup(context)
-        for provider in rewards.values():
-            provider.setup(context)
-        # 16 prompts per generate call: on a CPU, decoding costs per call, so fewer calls are faster
-        result = run_evaluation(sampler, rewards, source, registry, config, seed=seed, batch_prompts=16,
-                                samples_per_context=ev.samples_per_context, progress=progress)
-    finally:
-        for plugin in [*rewards.values(), sampler]:
-            plugin.close()
-    result.summary = summarize(result, load_evaluation(baseline) if baseline else None, seed=seed)
-    write_evaluation(result, out_dir)
+    result = rlgen.evaluate_policy(rlgen.load_config(raw), policy=policy, output_dir=out_dir, progress=progress,
+                                   baseline=rlgen.load_evaluation(baseline) if baseline else None)
+    rlgen.write_evaluation(result, out_dir)
     return result
 
 
 def train_policy(raw: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     """(e) ``rlgen train`` in-process; returns the run folder and its last metrics."""
-    from rlgen.config import load_config
-    from rlgen.loop import train
+    from rlgen import load_config
+    from rlgen import train
 
     result = train(load_config(raw), progress=progress)
     return {"output_dir": str(result.output_dir), "steps": result.last_step,

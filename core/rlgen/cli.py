@@ -129,6 +129,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench, write_json
+
+    result = run_bench(_load(args), steps=args.steps, warmup=args.warmup, output_dir=args.out)
+    print(result.table())
+    if args.json:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _cmd_new_plugin(args: argparse.Namespace) -> int:
     from .scaffold import new_plugin
 
@@ -192,6 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
     # the deepspeed launcher passes --local_rank; the rank is read from the environment instead
     p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("bench", help="train a config for a few steps and print the median step time, its split, tokens/s, peak RSS")
+    with_config(p)
+    p.add_argument("--steps", type=int, default=5, help="measured steps (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="steps run first and left out of the medians (default 1)")
+    p.add_argument("--out", type=Path, help="run folder to keep (default: a scratch folder, removed afterwards)")
+    p.add_argument("--json", type=Path, help="also write the result as JSON here")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("new-plugin", help="write a new plugin package (pyproject with the entry point, class, test, README)")
     p.add_argument("name", help="distribution name, e.g. acme-rewards (import name acme_rewards)")

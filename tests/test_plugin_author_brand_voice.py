@@ -77,7 +77,7 @@ def test_a_tiny_llama_run_uses_both_rewards_beside_relate_length(installed, tmp_
     assert out.returncode == 0, out.stderr[-4000:]
     config = yaml.safe_load((out_dir / "config.yaml").read_text())
     assert (config["model"]["path"], config["sampler"]["name"], config["trainer"]["name"]) == (
-        "builtin:tiny-llama", "hf", "relate.grpo")
+        "builtin:tiny-llama", "hf", "grpo")
     assert [r["name"] for r in config["rewards"]] == ["relate.length", "brand.off_vocabulary", "brand.required_mention"]
 
     metrics = [json.loads(ln) for ln in (out_dir / "metrics.jsonl").read_text().splitlines()]

@@ -49,7 +49,7 @@ def rlgen_samplers() -> Iterable[type["Sampler"]]:
 
 @hookspec
 def rlgen_trainers() -> Iterable[type["Trainer"]]:
-    """Return the trainer classes this plugin offers (e.g. ``relate.grpo``)."""
+    """Return the trainer classes this plugin offers (e.g. ``grpo``)."""
 
 
 @hookspec

@@ -115,9 +115,12 @@ def test_zero_stages_agree(reg, tmp_path):
             trainer.step(*make_rollout(10 + s))
         finals[stage] = params_of(trainer)
         trainer.close()
+    # ZeRO-3 sums gradients over flattened partitions in another order: float noise of ~1e-6 on a
+    # weight of a few 1e-3 after Adam's normalisation (deepspeed 0.19), far below an update (lr 1e-3)
     for stage in (1, 3):
         for name, value in finals[0].items():
-            torch.testing.assert_close(finals[stage][name], value, rtol=1e-5, atol=1e-6, msg=f"ZeRO-{stage} {name}")
+            torch.testing.assert_close(finals[stage][name], value, rtol=1e-5, atol=1e-5,
+                                       msg=lambda m, stage=stage, name=name: f"ZeRO-{stage} {name}: {m}")
 
 
 def run_steps(trainer, seeds):

@@ -6,7 +6,7 @@ import pytest
 
 from rlgen.config import load_config
 from rlgen.data import render
-from rlgen.loop import prepare
+from rlgen.session import prepare
 from rlgen_relate.presets import NAMES, TABLE_2, TOKEN_LEVEL, preset
 
 ALL = {"relate.length", "relate.format", "relate.ctcvr", "relate.diversity", "relate.correctness", "relate.relevance",
@@ -16,7 +16,8 @@ ALL = {"relate.length", "relate.format", "relate.ctcvr", "relate.diversity", "re
 @pytest.mark.parametrize("name", NAMES)
 def test_table2_preset_validates(name, tmp_path):
     raw = preset(name, ctcvr_model=str(tmp_path / "ctcvr"))
-    plan, source, _ = prepare(load_config(raw))  # plugins, every params block, data and template
+    prepared = prepare(load_config(raw))
+    plan, source = prepared.plan, prepared.source  # plugins, every params block, data and template
     rewards = {p.name for p in plan.rewards}
     on, credit = TABLE_2[name]
     assert rewards == set(on)
@@ -46,7 +47,8 @@ def test_each_model_adds_one_dimension_and_relate_adds_credit_only():
 
 def test_preset_prompt_renders_every_context_field(tmp_path):
     raw = preset("relate", ctcvr_model=str(tmp_path))
-    plan, source, _ = prepare(load_config(raw))
+    prepared = prepare(load_config(raw))
+    plan, source = prepared.plan, prepared.source
     record = source.records[0]
     text = source.prompt(record).text
     assert render(raw["data"]["prompt_template"], record) in text

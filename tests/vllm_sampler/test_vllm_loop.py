@@ -17,7 +17,8 @@ import rlgen  # noqa: E402
 import torch_trainer  # noqa: E402
 from rlgen.config import load_config  # noqa: E402
 from rlgen.discovery import registry as discover  # noqa: E402
-from rlgen.loop import prepare, train  # noqa: E402
+from rlgen.loop import train  # noqa: E402
+from rlgen.session import prepare  # noqa: E402
 
 LETTERS = set(string.ascii_lowercase)
 

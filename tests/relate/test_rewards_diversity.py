@@ -1,4 +1,5 @@
-"""relate.diversity: Eq. 5 second term and its Eq. 4 sum, distinct-prompt counting, context exclusion, window, resume."""
+"""relate.diversity: Eq. 5 second term and its Eq. 4 sum, distinct-prompt counting, which context copies are exempt
+(keywords, short mentions) and which count (pasted sentences), window, resume."""
 
 from __future__ import annotations
 
@@ -85,8 +86,55 @@ def test_copied_from_own_context_is_not_counted(tok):
 def test_prompt_text_counts_as_context(tok):
     texts = ["write an ad about shoes", "write an ad about tea"]
     prompts = ["Write an ad about shoes.", "Write an ad about tea."]
-    assert not score(provider(), rollout_of(tok, texts, [0, 1], prompts=prompts)).values.any()
-    assert score(provider(), rollout_of(tok, texts, [0, 1])).values.any()
+    # before issue 16 every copy of the prompt was exempt, so an echoed instruction was invisible
+    assert not score(provider(mention_words=None), rollout_of(tok, texts, [0, 1], prompts=prompts)).values.any()
+    # now the 4-word echo of the prompt's instruction is a pasted template in both prompts; "about shoes" is a mention
+    res = score(provider(), rollout_of(tok, texts, [0, 1], prompts=prompts))
+    assert torch.equal(res.values, torch.tensor([[L, L, L, L, 0], [L, L, L, L, 0]]))
+    assert res.details[0]["ngrams"] == ["write an ad about"]
+    # a short echo is a mention
+    short = ["an ad about shoes", "an ad about tea"]
+    assert not score(provider(), rollout_of(tok, short, [0, 1], prompts=prompts)).values.any()
+    assert score(provider(), rollout_of(tok, short, [0, 1])).values.any()
+
+
+LOYALTY = "Loyalty discounts for current owners"
+
+
+def advertiser_contexts(n):
+    """``n`` contexts of one car dealer: different searches, the same pool of selling points."""
+    queries = ["honda civic lease", "used honda near me", "honda service specials", "new honda accord"]
+    return [{"query": queries[k], "bid_word": queries[k], "selling_points": [LOYALTY, "Free car wash with every service"]}
+            for k in range(n)]
+
+
+def test_pasted_selling_point_across_an_advertisers_contexts_is_a_template(tok):
+    meta = advertiser_contexts(3)
+    pasted = [f"Civic deals this week. {LOYALTY}.", f"Certified used Hondas. {LOYALTY}.", f"Oil change specials. {LOYALTY}."]
+    r = rollout_of(tok, pasted, [0, 1, 2], meta)
+    res = score(provider(), r)
+    assert [d["ngrams"] for d in res.details] == [[LOYALTY]] * 3
+    for i, text in enumerate(pasted):
+        start = text.index(LOYALTY)
+        assert torch.equal(res.values[i] != 0, r.spans_to_tokens([[(start, start + len(LOYALTY))] if k == i else [] for k in range(3)])[i])
+    # the old rule exempted every copy: the pasted sentence was invisible
+    assert not score(provider(mention_words=None), r).values.any()
+    # naming the selling point in the ad's own words is a mention, in every context
+    named = ["Civic deals with loyalty discounts.", "Certified used Hondas, loyalty discounts too.", "Oil change, loyalty discounts."]
+    assert not score(provider(), rollout_of(tok, named, [0, 1, 2], meta)).values.any()
+    # one prompt pasting its own point (all its samples) stays below min_groups
+    one = rollout_of(tok, pasted + ["Great tea.", "Fresh bread."], [0, 0, 0, 1, 2], [meta[0]] * 3 + [{"query": "tea"}, {"query": "bread"}])
+    assert not score(provider(), one).values.any()
+
+
+def test_copies_of_the_searchers_words_are_exempt_at_any_length(tok):
+    query = "emergency plumber open now near me"
+    meta = [{"query": query, "bid_word": "emergency plumber", "selling_points": [p]} for p in ("Licensed", "Insured")]
+    texts = [f"{query} licensed", f"{query} insured"]
+    assert not score(provider(), rollout_of(tok, texts, [0, 1], meta)).values.any()
+    # only the named keyword fields have that privilege
+    res = score(provider(keyword_fields=[]), rollout_of(tok, texts, [0, 1], meta))
+    assert res.details[0]["ngrams"] == [query]
 
 
 def test_cjk_character_ngrams(tok):
@@ -148,11 +196,17 @@ def test_rolling_window_and_resume(tok):
     assert not score(d2, second).values.any()
 
 
-def _reference_penalised_words(texts, groups, contexts, nmin, nmax, threshold):
-    """Plain-Python statement of the rule: per sample, the indices of words inside a frequent n-gram occurrence."""
+def _reference_penalised_words(texts, groups, keywords, contexts, nmin, nmax, threshold, mention):
+    """Plain-Python statement of the rule: per sample, the indices of words inside a frequent n-gram occurrence,
+    where a copy of the sample's keywords, or of the rest of its context up to ``mention`` words, is exempt."""
     words = [WORD_RE.findall(t.casefold()) for t in texts]
-    ctx = [{tuple(c[i:i + n]) for n in range(nmin, nmax + 1) for i in range(len(c) - n + 1)}
-           for c in (WORD_RE.findall(x.casefold()) for x in contexts)]
+
+    def grams(x):  # n-grams do not cross line breaks (context fields are joined by them)
+        lines = [WORD_RE.findall(line.casefold()) for line in x.split("\n")]
+        return {tuple(c[i:i + n]) for c in lines for n in range(nmin, nmax + 1) for i in range(len(c) - n + 1)}
+
+    kw = [grams(x) for x in keywords]
+    ctx = [{g for g in grams(x) if len(g) <= mention} | kw[k] for k, x in enumerate(contexts)]
     occ = []
     prompts: dict[tuple, set] = {}
     for k, ws in enumerate(words):
@@ -175,17 +229,25 @@ def test_matches_plain_python_reference(tok, seed):
     rng = random.Random(seed)
     vocab = "alpha beta gamma delta eps zeta eta theta".split()
     texts, groups, meta = [], [], []
+    points = [" ".join(rng.choice(vocab[:5]) for _ in range(6)) for _ in range(3)]  # an advertiser's pool
     for g in range(8):
         query = " ".join(rng.choice(vocab) for _ in range(3))
+        point = points[g % 3]
         for _ in range(3):
-            texts.append(" ".join(rng.choice(vocab[:5]) for _ in range(rng.randint(2, 12))))
+            words = [rng.choice(vocab[:5]) for _ in range(rng.randint(2, 12))]
+            if rng.random() < 0.5:  # paste (part of) the selling point
+                cut = rng.randint(0, 6)
+                words[rng.randint(0, len(words)):0] = point.split()[cut:]
+            texts.append(" ".join(words))
             groups.append(g)
-            meta.append({"query": query})
-    d = DiversityReward(DiversityReward.Params(ngram_min=2, ngram_max=4, min_group_fraction=0.3, min_groups=2))
+            meta.append({"query": query, "selling_points": [point]})
+    d = DiversityReward(DiversityReward.Params(ngram_min=2, ngram_max=5, min_group_fraction=0.3, min_groups=2, mention_words=2))
     r = rollout_of(tok, texts, groups, meta)
     res = score(d, r)
     threshold = max(2, math.ceil(0.3 * 8))
-    expected_words = _reference_penalised_words(texts, groups, [m["query"] for m in meta], 2, 4, threshold)
+    expected_words = _reference_penalised_words(
+        texts, groups, [m["query"] for m in meta], [f"{m['query']}\n{m['selling_points'][0]}" for m in meta], 2, 5, threshold, 2
+    )
     spans = []
     for text, idx in zip(texts, expected_words):
         pos = [m.span() for m in re.finditer(r"\w+", text)]

@@ -145,6 +145,73 @@ def test_shouting_costs_clicks():
     assert p_click[1] < p_click[0]
 
 
+def test_stutter_costs_clicks_and_gimmicky_repetition_fails_review():
+    clean = "Title: Teeth Whitening Today\nDescription: Visible results in one 60-minute visit. Book online today."
+    stutters = [
+        "Title: Teeth Whitening Whitening\nDescription: Visible results in one 60-minute visit. Book online today.",
+        "Title: Teeth Whitening Today\nDescription: Visible visible results in one 60-minute visit. Book online today.",
+        "Title: Teeth Whitening Today\nDescription: Book online book online. Visible results in one 60-minute visit.",
+    ]
+    p_click, p_conv = probs(clean, *stutters)
+    f = Simulator(NO_NOISE).features([CTX] * 4, [clean, *stutters])
+    assert [x.stutter for x in f] == [0, 1, 1, 1]
+    for i in (1, 2, 3):
+        assert p_click[i] < 0.75 * p_click[0] and p_conv[i] < p_conv[0]
+    # two stutters cost more than one; an inflection of the same word is a stutter too
+    both = "Title: Whitening Whitening\nDescription: Visible visible results in one 60-minute visit. Book online today."
+    inflected = "Title: Teeth Whitening Whiten\nDescription: Visible results in one 60-minute visit. Book online today."
+    p2, _ = probs(stutters[0], both, inflected)
+    assert p2[1] < p2[0] and Simulator(NO_NOISE).features([CTX], [inflected])[0].stutter == 1
+    # the same word three times in a row is the gimmicky repetition editorial review disapproves
+    gimmick = "Title: Whitening Whitening Whitening\nDescription: Visible results in one 60-minute visit. Book online."
+    a = Simulator(NO_NOISE).assess([CTX], [gimmick], fatigue=False)
+    assert a.features[0].rejected == ["repetition"] and a.p_click[0] == 0.0
+    # numbers and words that only share letters are not stutter
+    fine = "Title: Care Careers in Dentistry\nDescription: Call 555 555 0100. Visible results in one 60-minute visit."
+    assert Simulator(NO_NOISE).features([CTX], [fine])[0].stutter == 0
+
+
+def test_keyword_stuffing_does_not_raise_relevance():
+    once = "Title: Teeth Whitening Near You\nDescription: In-office whitening from $249. Book online today."
+    stuffed = "Title: Teeth Whitening Near You\nDescription: Teeth whitening, teeth whitening from $249. Whitening today."
+    keywords_only = "Title: Teeth Whitening\nDescription: Teeth whitening teeth whitening whitening teeth near me."
+    f = Simulator(NO_NOISE).features([CTX] * 3, [once, stuffed, keywords_only])
+    assert f[0].stuffing == 0 and f[1].stuffing >= 2 and f[2].stuffing >= 2
+    # using the searcher's words once already covers them: saying them again adds nothing
+    assert f[1].relevance <= f[0].relevance + 1e-9 and f[2].relevance <= f[0].relevance + 1e-9
+    p_click, _ = probs(once, stuffed, keywords_only)
+    assert p_click[1] < p_click[0] and p_click[2] < p_click[0]
+
+
+def _dealer(k: int, advertiser: str = "Brightside Dental") -> dict:
+    return {**CTX, "id": f"ctx-{advertiser}-{k}", "advertiser": advertiser, "query": ["teeth whitening near me",
+            "teeth whitening cost", "same day teeth whitening"][k]}
+
+
+def test_boilerplate_across_an_advertisers_ads_costs_clicks():
+    shared = "Custom take-home trays included."
+    ads = [
+        f"Title: Teeth Whitening Near You\nDescription: In-office whitening from $249. {shared}",
+        f"Title: Teeth Whitening Prices\nDescription: Whitening from $249, results in 60 minutes. {shared}",
+        "Title: Same-Day Teeth Whitening\nDescription: One 60-minute visit, from $249. Book online today.",
+    ]
+    contexts = [_dealer(k) for k in range(3)]
+    a = Simulator(NO_NOISE).assess(contexts, ads)
+    # 5 of the first ad's 14 displayed words are in a sentence the advertiser's second ad also shows
+    assert a.features[0].boilerplate == pytest.approx(5 / 14) and a.features[1].boilerplate > 0
+    assert a.features[2].boilerplate == 0.0
+    # the same ads from three different advertisers: nobody sees the sentence twice
+    apart = Simulator(NO_NOISE).assess([_dealer(k, f"Dentist {k}") for k in range(3)], ads)
+    assert [x.boilerplate for x in apart.features] == [0.0, 0.0, 0.0]
+    assert a.p_click[0] < apart.p_click[0] and a.p_click[2] == pytest.approx(apart.p_click[2])
+    # short sentences ("Book online today.") are ordinary copy, and rejected ads show nothing to skim
+    rejected = [ads[0], ads[1].replace("results in", "guaranteed results in"), ads[2]]
+    b = Simulator(NO_NOISE).assess(contexts, rejected)
+    assert b.features[1].rejected and b.features[0].boilerplate == 0.0
+    # one context's ad repeated is fatigue's business, not boilerplate
+    assert Simulator(NO_NOISE).assess([contexts[0]] * 2, [ads[0]] * 2).features[0].boilerplate == 0.0
+
+
 def test_fatigue_penalises_near_duplicates():
     contexts = [c for c in generate_contexts(0)[:60]]
     same = [VAGUE] * len(contexts)

@@ -8,11 +8,26 @@ n-grams make the penalty independent of the tokenizer and let one window survive
 
 How "high frequency" is decided (G_high): the frequency of an n-gram is the number of distinct *prompts* (groups)
 with at least one sample containing it, over the current batch plus a rolling window of the last ``window``
-batches. Counting prompts rather than occurrences means that G samples of one prompt repeating a phrase, or a
-phrase the sample copied from its own prompt or context (query, bid word, selling points, ...), do not make a
-template; such copied occurrences are neither counted nor penalised. An n-gram is frequent when it reaches
-``max(min_groups, ceil(min_group_fraction * groups in batch and window))``. Each ``score`` call is one batch of
-the window (pushed after scoring); a prompt drawn again in a later batch counts once per batch.
+batches. Counting prompts rather than occurrences means that G samples of one prompt repeating a phrase do not
+make a template. An n-gram is frequent when it reaches ``max(min_groups, ceil(min_group_fraction * groups in batch
+and window))``. Each ``score`` call is one batch of the window (pushed after scoring); a prompt drawn again in a
+later batch counts once per batch.
+
+Text copied from the sample's own context (issue 16). Using the context is what an ad is for, pasting it is a
+template, and the rule tells them apart by what was copied and how much:
+
+- n-grams copied from a ``keyword_fields`` field (the query, the bid word) are neither counted nor penalised at
+  any length: the searcher's words recur across contexts because searchers type them, and using them is
+  relevance, not a template;
+- n-grams copied from the rest of the context (selling points, landing page, the prompt's own wording) of up to
+  ``mention_words`` words are a *mention* ("free diagnostics", "loyalty discounts") and are exempt too, so every
+  ad may name its selling points;
+- longer copied n-grams (a pasted sentence, "loyalty discounts for current owners") count like any other n-gram.
+  Contexts of one advertiser share its selling points and every prompt shares its instruction, so a policy that
+  pastes them verbatim writes the same sentence into the ads of many prompts: that is now frequent and
+  penalised, while one prompt pasting its own point stays below ``min_groups``. Before, every copied n-gram was
+  exempt and a pasting policy's main template was invisible to this reward (``mention_words: null`` restores
+  that).
 
 Penalty (Eq. 5): every completion token that overlaps an occurrence of a frequent n-gram gets ``-lambda_2``
 once, however many frequent n-grams cover it; its sum over tokens is the sentence-level form of Eq. 4.
@@ -123,7 +138,17 @@ class DiversityReward(rlgen.RewardProvider):
         )
         min_groups: int = Field(2, ge=1, description="and in at least this many distinct prompts (floor of the threshold)")
         exclude_context: bool = Field(
-            True, description="do not count or penalise n-grams a sample copied from its own prompt or context fields"
+            True, description="exempt n-grams a sample copied from its own context, as keyword_fields and "
+            "mention_words say (False: copies count like any other n-gram)"
+        )
+        keyword_fields: list[str] = Field(
+            default_factory=lambda: ["query", "bid_word"],
+            description="rollout.meta fields holding the searcher's words: n-grams copied from them are exempt at any length",
+        )
+        mention_words: int | None = Field(
+            3, ge=1, description="n-grams copied from the rest of the context (or the prompt) up to this many words are "
+            "a mention and exempt; longer copies (pasted sentences) count and are penalised when frequent "
+            "(None: exempt every copy, the behaviour before issue 16)"
         )
         log_frequent: bool = Field(True, description="log each batch's most frequent n-grams (info level)")
         context_fields: list[str] = Field(
@@ -185,23 +210,24 @@ class DiversityReward(rlgen.RewardProvider):
 
     # -- frequency ----------------------------------------------------------------------------------------------
 
-    def _context_ids(self, rollout: rlgen.Rollout) -> tuple[list[str], np.ndarray]:
-        """Distinct context strings of the batch and the index of each sample's one."""
-        fields = self.params.context_fields
+    @staticmethod
+    def _context_ids(rollout: rlgen.Rollout, fields: list[str], with_prompt: bool) -> tuple[list[str], np.ndarray]:
+        """Distinct context strings of the batch (the named meta fields, and the prompt if asked) and each
+        sample's index into them."""
         index: dict[str, int] = {}
         ids = np.empty(rollout.batch_size, dtype=np.int64)
         for i in range(rollout.batch_size):
             parts = []
-            if rollout.prompt_texts is not None:
+            if with_prompt and rollout.prompt_texts is not None:
                 parts.append(rollout.prompt_texts[i])
             if rollout.meta is not None:
                 parts.append(context_text(rollout.meta[i], fields))
             ids[i] = index.setdefault("\n".join(parts), len(index))
         return list(index), ids
 
-    def _copied_from_context(self, rollout: rlgen.Rollout, table: _NgramTable) -> np.ndarray:
-        """True for each n-gram occurrence that also occurs in its own sample's context."""
-        contexts, ctx_of_sample = self._context_ids(rollout)
+    def _copied_from(self, rollout: rlgen.Rollout, table: _NgramTable, fields: list[str], with_prompt: bool) -> np.ndarray:
+        """True for each n-gram occurrence that also occurs in its own sample's context (those fields, prompt)."""
+        contexts, ctx_of_sample = self._context_ids(rollout, fields, with_prompt)
         if len(contexts) > _MAX_GROUPS:
             raise rlgen.PluginError(f"{self.name}: at most {_MAX_GROUPS} distinct contexts per batch, got {len(contexts)}")
         ctx_table = self._ngrams(NormalizedBatch(contexts).norms)
@@ -210,6 +236,20 @@ class DiversityReward(rlgen.RewardProvider):
         ctx_keys = np.unique((ctx_table.hash48 << _SHIFT) | ctx_table.text.astype(np.uint64))
         keys = (table.hash48 << _SHIFT) | ctx_of_sample[table.text].astype(np.uint64)
         return _member(keys, ctx_keys)
+
+    def _exempt_copies(self, rollout: rlgen.Rollout, table: _NgramTable) -> np.ndarray:
+        """True for each n-gram occurrence that is an allowed use of the sample's own context (module docstring):
+        a copy of the searcher's words, or a copy of the rest of the context no longer than ``mention_words``."""
+        p = self.params
+        copied = self._copied_from(rollout, table, p.context_fields, with_prompt=True)
+        if p.mention_words is None:
+            return copied
+        keywords = [f for f in p.keyword_fields if f in p.context_fields]
+        exempt = copied & (table.n <= p.mention_words)
+        long_copies = copied & ~exempt
+        if keywords and long_copies.any():
+            exempt |= long_copies & self._copied_from(rollout, table, keywords, with_prompt=False)
+        return exempt
 
     @staticmethod
     def _group_counts(hash48: np.ndarray, group_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -245,7 +285,7 @@ class DiversityReward(rlgen.RewardProvider):
         if n_groups > _MAX_GROUPS:
             raise rlgen.PluginError(f"{self.name}: at most {_MAX_GROUPS} prompts per batch, got {n_groups}")
 
-        keep = ~self._copied_from_context(rollout, table) if p.exclude_context and table.hash48.size else None
+        keep = ~self._exempt_copies(rollout, table) if p.exclude_context and table.hash48.size else None
         kept_h = table.hash48 if keep is None else table.hash48[keep]
         kept_g = group_idx[table.text] if keep is None else group_idx[table.text[keep]]
         cur_h, cur_c = self._group_counts(kept_h, kept_g)

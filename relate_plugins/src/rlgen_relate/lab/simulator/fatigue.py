@@ -5,15 +5,21 @@ Two displayed ads are near-duplicates when the Jaccard similarity of their word-
 shown ads that are near-duplicates of it sets its CTR multiplier ``exp(-strength * max(0, s - tolerance))``:
 an ad that looks like a few others is fine, a text stamped over the whole set is not.
 
-Counting is a sparse matrix product (bigram incidence times its transpose), in row chunks. Above
+Boilerplate is the same habit at the scale of a sentence and of one advertiser: a user who meets an advertiser's
+ads on several searches skims a sentence they have already read there. :func:`boilerplate_shares` gives each
+shown ad the share of its words that lie in sentences another shown ad of the same advertiser, written for a
+different context, also displays (the model turns it into a CTR penalty).
+
+Counting near-duplicates is a sparse matrix product (bigram incidence times its transpose), in row chunks. Above
 ``max_reference`` ads, each ad is compared with a seeded random sample of that many ads and its count is scaled
 up: an unbiased estimate of the share at a bounded cost.
 """
 
 from __future__ import annotations
 
+import collections
 import re
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from scipy import sparse
@@ -89,3 +95,36 @@ def fatigue_multipliers(
     """CTR multipliers in (0, 1]: ``exp(-strength * max(0, share - tolerance))`` per ad."""
     share = near_duplicate_share(texts, shown, threshold, max_reference, seed)
     return np.exp(-strength * np.maximum(0.0, share - tolerance))
+
+
+def advertiser_key(context: dict[str, Any]) -> str | None:
+    """Who placed the ad: the context's ``advertiser`` (within its vertical), else its landing page; None when the
+    context says neither."""
+    if context.get("advertiser"):
+        return f"{context.get('vertical') or ''}\x1f{context['advertiser']}"
+    if context.get("landing_page"):
+        return f"landing\x1f{context['landing_page']}"
+    return None
+
+
+def boilerplate_shares(
+    ad_sentences: Sequence[Sequence[tuple[str, ...]]],
+    ad_words: Sequence[int],
+    advertisers: Sequence[str],
+    contexts: Sequence[str],
+    shown: Sequence[bool],
+) -> np.ndarray:
+    """For each shown ad, the share of its ``ad_words`` displayed words inside sentences (word tuples) that a shown
+    ad of the same advertiser for a *different* context also displays; 0 for ads not shown. The same ad text
+    shown twice for one context is fatigue's business, not boilerplate."""
+    where: dict[tuple[str, tuple[str, ...]], set[str]] = collections.defaultdict(set)
+    for sents, adv, ctx, ok in zip(ad_sentences, advertisers, contexts, shown):
+        if ok:
+            for sent in set(sents):
+                where[(adv, sent)].add(ctx)
+    out = np.zeros(len(ad_sentences), dtype=np.float64)
+    for i, (sents, n_words, adv, ctx, ok) in enumerate(zip(ad_sentences, ad_words, advertisers, contexts, shown)):
+        if ok and n_words:
+            repeated = sum(len(sent) for sent in sents if len(where[(adv, sent)] - {ctx}) > 0)
+            out[i] = min(1.0, repeated / n_words)
+    return out

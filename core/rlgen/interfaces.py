@@ -56,6 +56,8 @@ class RunContext:
     seed: int
     rank: int = 0
     world_size: int = 1
+    #: torch CPU threads this process uses (``run.threads`` resolved; see docs/config.md)
+    threads: int = 1
 
     @property
     def is_main(self) -> bool:

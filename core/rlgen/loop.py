@@ -185,7 +185,7 @@ class _Run:
 
     def run(self, resume: bool) -> RunResult:
         cfg = self.config
-        torch.set_num_threads(cfg.run.threads)
+        torch.set_num_threads(self.context.threads)
         seed_everything(cfg.run.seed)
         if self.context.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)

@@ -116,11 +116,25 @@ def reward_weights(plan: RunPlan) -> dict[str, float]:
     return {p.alias or p.name: p.weight for p in plan.rewards}
 
 
+def cpu_threads(config: RunConfig, world_size: int = 1) -> int:
+    """Torch CPU threads for one process: ``run.threads``, or for ``auto`` OMP_NUM_THREADS when set
+    (an explicit choice, e.g. the test suite's 1), else this machine's usable cores shared evenly
+    by the ranks running on it (``LOCAL_WORLD_SIZE`` from the launcher, else ``world_size``)."""
+    if config.run.threads != "auto":
+        return int(config.run.threads)
+    if os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    return max(1, cores // max(1, local_ranks))
+
+
 def run_context(config: RunConfig, registry: Registry, output_dir: Path, *, seed: int | None = None,
                 rank: int = 0, world_size: int = 1) -> RunContext:
     """The :class:`RunContext` plugins are set up with."""
     return RunContext(config=config, registry=registry, output_dir=Path(output_dir), cache_dir=cache_dir(config),
-                      seed=config.run.seed if seed is None else seed, rank=rank, world_size=world_size)
+                      seed=config.run.seed if seed is None else seed, rank=rank, world_size=world_size,
+                      threads=cpu_threads(config, world_size))
 
 
 @contextlib.contextmanager

@@ -77,7 +77,7 @@ class HFSampler(rlgen.Sampler):
         )
         batch_size: int | None = pydantic.Field(None, ge=1, description="most sequences per generate call (default: all)")
         threads: int | None = pydantic.Field(
-            None, ge=1, description="torch CPU threads (default: run.threads, else 1; one is fastest on small CPUs)"
+            None, ge=1, description="torch CPU threads (default: the run's, run.threads resolved)"
         )
         device: str = pydantic.Field("auto", description="cpu, cuda, cuda:N, or auto (cuda when available)")
         dtype: Literal["float32", "bfloat16", "float16"] | None = pydantic.Field(
@@ -106,8 +106,7 @@ class HFSampler(rlgen.Sampler):
         self._dtype = self.params.dtype or config.model.dtype
         self._trust_remote_code = bool(config.model.trust_remote_code)
         if self._device().type == "cpu":
-            threads = self.params.threads or getattr(getattr(config, "run", None), "threads", None) or 1
-            torch.set_num_threads(int(threads))
+            torch.set_num_threads(self.params.threads or context.threads)
         self.tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=self._trust_remote_code, padding_side="left")
 
     def _device(self) -> torch.device:

@@ -306,6 +306,22 @@ class GrpoTrainer(rlgen.Trainer):
         temperature = rollout.temperature
         logp_old = None if reuse_old else self._frozen_logprobs(batch, plan, "old", temperature)
         ref_logp = self._frozen_logprobs(batch, plan, "ref", temperature) if p.beta > 0 else None
+        # sampler/trainer agreement: |log-prob of a sampled token under the sampler - under this
+        # forward on the same weights| (verl's rollout-vs-training probability difference), from the
+        # first forward pass, before any update
+        sampled = None if rollout.logprobs is None else rollout.logprobs.to(self.device, torch.float32)
+        agreement = torch.zeros(3, dtype=torch.float64)  # sum |diff|, tokens, max |diff|
+
+        def compare(logp_rows: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor) -> None:
+            diff = (logp_rows.detach().float() - sampled[rows, : logp_rows.shape[1]]).abs()[mask.bool()]
+            if diff.numel():
+                agreement[0] += float(diff.double().sum())
+                agreement[1] += diff.numel()
+                agreement[2] = max(float(agreement[2]), float(diff.max()))
+
+        if sampled is not None and logp_old is not None:
+            every = torch.arange(batch.size, device=self.device)
+            compare(logp_old, every, batch.completion_mask.to(self.device))
         # local sums; reduced over ranks at the end
         sums = torch.zeros(5, dtype=torch.float64)  # loss, clipped, tokens, kl, entropy
         grad_norms: list[float] = []
@@ -324,6 +340,8 @@ class GrpoTrainer(rlgen.Trainer):
                         logp = token_logprobs(logits, mb.targets, temperature)
                         d_rows = rows.to(self.device)
                         old = logp.detach() if logp_old is None else logp_old[d_rows, : mb.width]
+                        if sampled is not None and logp_old is None:  # one update per rollout: this is the first pass
+                            compare(logp, d_rows, mb.mask)
                         ref = None if ref_logp is None else ref_logp[d_rows, : mb.width]
                         out = grpo_loss(
                             logp, old, mb.advantages, mb.mask, ref_logp=ref, beta=p.beta,
@@ -365,6 +383,10 @@ class GrpoTrainer(rlgen.Trainer):
             "completion_tokens": completion_tokens,
             "updates": float(updates),
         }
+        if sampled is not None:
+            diff_sum, diff_tokens = ds.all_reduce(agreement[:2].clone(), "sum").tolist()
+            metrics["logprob_diff_mean"] = diff_sum / max(diff_tokens, 1.0)
+            metrics["logprob_diff_max"] = float(ds.all_reduce(agreement[2:].clone(), "max")[0])
         if p.beta > 0:
             metrics["kl"] = kl_sum / max(tokens, 1.0)
         if p.log_entropy:

@@ -78,13 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import rlgen
-    from rlgen.config import load_config
-    from rlgen.discovery import registry as discover
+    from rlgen.config import load_config  # not exported by rlgen: a run's config from a dict
 
     from ..models import default_cache_dir
 
     torch.set_num_threads(args.threads)
-    registry = discover()
+    registry = rlgen.registry()
     config = load_config({
         "model": {"path": args.model, "dtype": args.dtype},
         "data": {"path": "unused.jsonl", "prompt_template": "{query}"},

@@ -6,10 +6,10 @@ one of the G samples of a prompt although they share the prompt. This loop runs 
 own modules (embedding, RMSNorm, rotary embedding, activation) and weights, but
 
 - prefills each distinct prompt once and copies its KV cache to the G rows that sample from it;
-- multiplies with weights pre-packed by oneDNN for the decode batch size (q/k/v and gate/up
-  fused into one matrix each), which reads them near the memory bandwidth (on CPU, where
-  torch has oneDNN; elsewhere plain ``F.linear``);
-- keeps the KV cache in one preallocated tensor per layer.
+- multiplies with weights pre-packed by oneDNN for the decode batch size, which reads them
+  near the memory bandwidth (on CPU, where torch has oneDNN; elsewhere plain ``F.linear``);
+- keeps the KV cache in one preallocated tensor per layer and attends from the single new
+  position with two small matmuls.
 
 Token choice, end-of-row handling and stop criteria are ``generate``'s own: the same logits
 processor chain (the :class:`.seeded.SeededSampler`), a greedy pick of what it allows, pad
@@ -21,7 +21,7 @@ of the matmul kernels (~1e-6).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -122,9 +122,7 @@ class LlamaDecoder:
             ))
         self.lm_head = Linear(model.lm_head, rows, pack)
         # prefill multiplies many rows, where plain F.linear on the model's own weights is as fast
-        self.prefill_layers = [
-            (layer.self_attn, layer.mlp) for layer in inner.layers
-        ]
+        self.prefill_layers = [(layer.self_attn, layer.mlp) for layer in inner.layers]
 
 
     def prefill(

@@ -8,7 +8,7 @@ to and including the first EOS, decoded texts after the configured post-processo
 offsets true to those texts, groups, metadata and sampling log-probs.
 
 Decoding: Llama models go through :mod:`.decode_loop` (same tokens as ``generate`` for the same
-logits, about twice as fast on CPU), others through ``generate`` (``decode`` param).
+logits, about twice as fast on CPU: docs/sampling-speed.md), others through ``generate`` (``decode`` param).
 
 Weights: when the trainer lives in this process and exposes its module
 (``trainer.policy_module()``), the sampler generates with that very module, so syncing costs

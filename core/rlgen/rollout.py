@@ -38,6 +38,9 @@ class Rollout:
             that produce no visible text.
         logprobs: FloatTensor [B, T], log-probabilities of the sampled tokens under the
             sampling policy.
+        temperature: the temperature the completions were drawn at. Trainers divide the
+            policy's logits by it, so their log-probs are those of the distribution the
+            sampler drew from (and ``logprobs`` recorded); greedy decoding records 1.0.
     """
 
     texts: list[str]
@@ -50,6 +53,7 @@ class Rollout:
     meta: list[dict[str, Any]] | None = None
     token_offsets: torch.Tensor | None = None
     logprobs: torch.Tensor | None = None
+    temperature: float = 1.0
     extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -85,6 +89,8 @@ class Rollout:
             )
         if self.logprobs is not None and self.logprobs.shape != ids.shape:
             raise ValueError(f"Rollout.logprobs must be {tuple(ids.shape)}, got {tuple(self.logprobs.shape)}")
+        if not self.temperature > 0:
+            raise ValueError(f"Rollout.temperature must be > 0 (greedy records 1.0), got {self.temperature}")
         if self.prompt_ids is not None and self.prompt_ids.shape[0] != b:
             raise ValueError(f"Rollout.prompt_ids must have B={b} rows, got {tuple(self.prompt_ids.shape)}")
 

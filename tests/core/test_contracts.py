@@ -71,6 +71,10 @@ def test_rollout_rejects_bad_shapes():
     with pytest.raises(ValueError, match="group must be int64"):
         rlgen.Rollout(texts=["a", "b"], completion_ids=torch.zeros(2, 2, dtype=torch.long),
                       completion_mask=torch.ones(2, 2, dtype=torch.bool), group=torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        rlgen.Rollout(texts=["a"], completion_ids=torch.zeros(1, 2, dtype=torch.long),
+                      completion_mask=torch.ones(1, 2, dtype=torch.bool), group=torch.zeros(1, dtype=torch.long),
+                      temperature=0.0)
 
 
 def _rollout():

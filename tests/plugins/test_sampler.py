@@ -111,7 +111,7 @@ def test_logprobs_are_the_policy_log_probs_under_the_temperature(make_context, c
     p = ro.prompt_ids.shape[1]
     lp = torch.log_softmax(logits[:, p - 1 : -1] / 0.7, dim=-1).gather(2, ro.completion_ids[..., None])[..., 0]
     torch.testing.assert_close(ro.logprobs[ro.completion_mask], lp[ro.completion_mask], atol=2e-4, rtol=0)
-    assert ro.extras["sampling_temperature"] == 0.7
+    assert ro.temperature == 0.7
 
 
 def test_sampling_is_determined_by_the_seed_per_sample(make_context, chatty_llama: Path) -> None:

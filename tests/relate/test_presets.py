@@ -54,7 +54,7 @@ def test_preset_prompt_renders_every_context_field(tmp_path):
     assert render(raw["data"]["prompt_template"], record) in text
     assert record["query"] in text and record["bid_word"] in text
     assert text.rstrip().endswith("Ad:")  # the completion starts where the two examples' ads start
-    assert raw["sampler"]["params"]["temperature"] == raw["trainer"]["params"]["temperature"]
+    assert "temperature" not in raw["trainer"]["params"]  # the trainer reads it from the rollout
 
 
 def test_unknown_preset_names_the_choices():

@@ -65,7 +65,7 @@ def test_logprobs_are_the_policy_log_probs_under_the_temperature(served: VLLMSam
         want = completion_logprobs(load_causal_lm(vllm_chatty), ro, temperature=0.7)
     mask = ro.completion_mask
     torch.testing.assert_close(ro.logprobs[mask], want[mask], atol=1e-4, rtol=0)
-    assert (ro.logprobs[~mask] == 0).all() and ro.extras["sampling_temperature"] == 0.7
+    assert (ro.logprobs[~mask] == 0).all() and ro.temperature == 0.7
 
 
 def test_each_sample_depends_only_on_its_seed(served: VLLMSampler) -> None:

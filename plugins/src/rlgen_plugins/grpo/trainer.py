@@ -60,7 +60,6 @@ class GrpoParams(rlgen.Params):
         description="seq-mean-token-mean (GRPO: mean over sequences of per-sequence token means), "
         "token-mean (DAPO: mean over all tokens), seq-mean-token-sum (Eq. 6 as written: mean over sequences of token sums)",
     )
-    temperature: float = Field(1.0, gt=0.0, description="sampling temperature; logits are divided by it before log-probs")
     # -- optimisation --
     epochs: int = Field(1, ge=1, description="mu: optimisation passes over each rollout (pi_old log-probs are taken once before the first)")
     mini_batches: int = Field(1, ge=1, description="optimizer updates per pass: the rollout is split into this many contiguous parts")
@@ -262,7 +261,7 @@ class GrpoTrainer(rlgen.Trainer):
         return out.logits[:, :-1, :], mb
 
     @torch.no_grad()
-    def _frozen_logprobs(self, batch: PolicyBatch, plan: StepPlan, which: str) -> torch.Tensor:
+    def _frozen_logprobs(self, batch: PolicyBatch, plan: StepPlan, which: str, temperature: float) -> torch.Tensor:
         """log-probs [B, T] of the completions under pi_old (``old``) or pi_ref (``ref``), taken once."""
         out = torch.zeros(batch.completion_ids.shape, dtype=torch.float32, device=self.device)
         separate_ref = which == "ref" and self.ref_model is not None
@@ -280,7 +279,7 @@ class GrpoTrainer(rlgen.Trainer):
                 else:
                     logits, mb = self._logits(self.engine, batch, rows if rows is not None else torch.tensor([0]))
                 if rows is not None:
-                    out[rows.to(self.device), : mb.width] = token_logprobs(logits, mb.targets, self.params.temperature)
+                    out[rows.to(self.device), : mb.width] = token_logprobs(logits, mb.targets, temperature)
         return out
 
     def _grad_norm_before_step(self) -> float | None:
@@ -303,8 +302,26 @@ class GrpoTrainer(rlgen.Trainer):
         self.engine.module.train()
         # with one update per rollout pi_old is the current policy: its log-probs are logp.detach()
         reuse_old = p.epochs == 1 and p.mini_batches == 1
-        logp_old = None if reuse_old else self._frozen_logprobs(batch, plan, "old")
-        ref_logp = self._frozen_logprobs(batch, plan, "ref") if p.beta > 0 else None
+        # log-probs of the distribution the sampler drew from: logits / the rollout's temperature
+        temperature = rollout.temperature
+        logp_old = None if reuse_old else self._frozen_logprobs(batch, plan, "old", temperature)
+        ref_logp = self._frozen_logprobs(batch, plan, "ref", temperature) if p.beta > 0 else None
+        # sampler/trainer agreement: |log-prob of a sampled token under the sampler - under this
+        # forward on the same weights| (verl's rollout-vs-training probability difference), from the
+        # first forward pass, before any update
+        sampled = None if rollout.logprobs is None else rollout.logprobs.to(self.device, torch.float32)
+        agreement = torch.zeros(3, dtype=torch.float64)  # sum |diff|, tokens, max |diff|
+
+        def compare(logp_rows: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor) -> None:
+            diff = (logp_rows.detach().float() - sampled[rows, : logp_rows.shape[1]]).abs()[mask.bool()]
+            if diff.numel():
+                agreement[0] += float(diff.double().sum())
+                agreement[1] += diff.numel()
+                agreement[2] = max(float(agreement[2]), float(diff.max()))
+
+        if sampled is not None and logp_old is not None:
+            every = torch.arange(batch.size, device=self.device)
+            compare(logp_old, every, batch.completion_mask.to(self.device))
         # local sums; reduced over ranks at the end
         sums = torch.zeros(5, dtype=torch.float64)  # loss, clipped, tokens, kl, entropy
         grad_norms: list[float] = []
@@ -320,9 +337,11 @@ class GrpoTrainer(rlgen.Trainer):
                         loss = logits.float().sum() * 0.0
                     else:
                         logits, mb = self._logits(self.engine, batch, rows)
-                        logp = token_logprobs(logits, mb.targets, p.temperature)
+                        logp = token_logprobs(logits, mb.targets, temperature)
                         d_rows = rows.to(self.device)
                         old = logp.detach() if logp_old is None else logp_old[d_rows, : mb.width]
+                        if sampled is not None and logp_old is None:  # one update per rollout: this is the first pass
+                            compare(logp, d_rows, mb.mask)
                         ref = None if ref_logp is None else ref_logp[d_rows, : mb.width]
                         out = grpo_loss(
                             logp, old, mb.advantages, mb.mask, ref_logp=ref, beta=p.beta,
@@ -338,7 +357,7 @@ class GrpoTrainer(rlgen.Trainer):
                         if out.kl is not None:
                             sums[3] += float((out.kl.detach() * m).sum())
                         if p.log_entropy:
-                            sums[4] += float((token_entropy(logits, p.temperature) * m).sum())
+                            sums[4] += float((token_entropy(logits, temperature) * m).sum())
                     self.engine.backward(loss, scale_wrt_gas=False)
                     if last:
                         pre_norm = self._grad_norm_before_step()
@@ -364,6 +383,10 @@ class GrpoTrainer(rlgen.Trainer):
             "completion_tokens": completion_tokens,
             "updates": float(updates),
         }
+        if sampled is not None:
+            diff_sum, diff_tokens = ds.all_reduce(agreement[:2].clone(), "sum").tolist()
+            metrics["logprob_diff_mean"] = diff_sum / max(diff_tokens, 1.0)
+            metrics["logprob_diff_max"] = float(ds.all_reduce(agreement[2:].clone(), "max")[0])
         if p.beta > 0:
             metrics["kl"] = kl_sum / max(tokens, 1.0)
         if p.log_entropy:

@@ -319,11 +319,11 @@ class VLLMSampler(rlgen.Sampler):
             prompt_mask=prompt_mask,
             prompt_texts=[r for r in rendered for _ in range(group_size)],
             meta=[dict(pr.meta) for pr in prompts for _ in range(group_size)],
+            temperature=p.temperature if p.temperature > 0 else 1.0,
             extras={
                 "raw_texts": [c.raw_text for c in completions],
                 "finish_reason": [c.finish_reason for c in completions],
                 "sample_seeds": seeds,
-                "sampling_temperature": p.temperature if p.temperature > 0 else 1.0,
                 "generate_s": gen_s,
                 "logprobs_exact": self._logprobs_exact,
             },

@@ -187,3 +187,15 @@ def test_lora_export_is_the_merged_model_and_loads_with_transformers(reg, tmp_pa
 
 def test_registered_under_its_name(reg):
     assert reg.get("trainer", "relate.grpo") is GrpoTrainer
+
+
+def test_the_old_trainer_temperature_param_must_agree_with_the_rollouts(reg, tmp_path):
+    rollout, adv = make_rollout(3)
+    rollout.temperature = 0.7
+    agreeing = make_trainer(reg, tmp_path, temperature=0.7)
+    assert "loss" in agreeing.step(rollout, adv)  # configs that set both keep working
+    agreeing.close()
+    stale = make_trainer(reg, tmp_path, temperature=1.0)
+    with pytest.raises(rlgen.PluginError, match=r"params.temperature is 1.0 but the sampler drew at 0.7"):
+        stale.step(rollout, adv)
+    stale.close()

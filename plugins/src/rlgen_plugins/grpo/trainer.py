@@ -60,6 +60,10 @@ class GrpoParams(rlgen.Params):
         description="seq-mean-token-mean (GRPO: mean over sequences of per-sequence token means), "
         "token-mean (DAPO: mean over all tokens), seq-mean-token-sum (Eq. 6 as written: mean over sequences of token sums)",
     )
+    temperature: float | None = Field(
+        None, gt=0.0, description="deprecated: the trainer divides logits by Rollout.temperature, which the sampler sets; "
+        "when given, it must equal the sampler's (configs written before the field moved keep working)"
+    )
     # -- optimisation --
     epochs: int = Field(1, ge=1, description="mu: optimisation passes over each rollout (pi_old log-probs are taken once before the first)")
     mini_batches: int = Field(1, ge=1, description="optimizer updates per pass: the rollout is split into this many contiguous parts")
@@ -304,6 +308,11 @@ class GrpoTrainer(rlgen.Trainer):
         reuse_old = p.epochs == 1 and p.mini_batches == 1
         # log-probs of the distribution the sampler drew from: logits / the rollout's temperature
         temperature = rollout.temperature
+        if p.temperature is not None and abs(p.temperature - temperature) > 1e-9:
+            raise PluginError(
+                f"trainer '{self.name}': params.temperature is {p.temperature} but the sampler drew at {temperature}; "
+                "remove trainer.params.temperature (the trainer reads the rollout's)"
+            )
         logp_old = None if reuse_old else self._frozen_logprobs(batch, plan, "old", temperature)
         ref_logp = self._frozen_logprobs(batch, plan, "ref", temperature) if p.beta > 0 else None
         # sampler/trainer agreement: |log-prob of a sampled token under the sampler - under this

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import rlgen
-    from rlgen.config import load_config  # not exported by rlgen: a run's config from a dict
+    from rlgen import load_config
 
     from ..models import default_cache_dir
 

@@ -113,3 +113,59 @@ def stack(completions: Sequence[Completion], logprobs: torch.Tensor, pad_id: int
         lp[i, :n] = logprobs[i, :n].float()
     lp = lp * mask.float()
     return {"completion_ids": ids, "completion_mask": mask, "token_offsets": offsets, "logprobs": lp}
+
+
+@dataclass
+class EncodedPrompts:
+    """The distinct prompts of a batch, rendered and left-padded, and their G-fold repetition."""
+
+    rendered: list[str]
+    input_ids: torch.Tensor  # [P, L], one row per distinct prompt
+    attention_mask: torch.Tensor  # [P, L]
+    group_size: int
+
+    @property
+    def prompt_ids(self) -> torch.Tensor:
+        """[P * G, L]: row k * G + g is sample g of prompt k."""
+        return self.input_ids.repeat_interleave(self.group_size, dim=0)
+
+    @property
+    def prompt_mask(self) -> torch.Tensor:
+        return self.attention_mask.repeat_interleave(self.group_size, dim=0).bool()
+
+
+def encode_prompts(tokenizer: Any, rendered: list[str], group_size: int, chat: bool) -> EncodedPrompts:
+    """Tokenise rendered prompts (left padding is the tokenizer's); a chat template brings its own special tokens."""
+    enc = tokenizer(rendered, padding=True, return_tensors="pt", add_special_tokens=not chat)
+    return EncodedPrompts(rendered, enc["input_ids"], enc["attention_mask"], group_size)
+
+
+def build_rollout(
+    prompts: Sequence[rlgen.Prompt],
+    encoded: EncodedPrompts,
+    completions: Sequence[Completion],
+    logprobs: torch.Tensor,
+    *,
+    pad_id: int,
+    temperature: float,
+    extras: dict[str, Any],
+) -> rlgen.Rollout:
+    """The :class:`rlgen.Rollout` every sampler hands over, whatever engine generated the completions.
+
+    ``temperature`` is the sampling temperature (0: greedy, recorded as 1.0, the temperature the
+    greedy log-probs are taken at); ``extras`` adds engine-specific entries to the raw texts and
+    finish reasons every sampler reports.
+    """
+    g = encoded.group_size
+    return rlgen.Rollout(
+        texts=[c.text for c in completions],
+        group=torch.arange(len(prompts)).repeat_interleave(g),
+        prompt_ids=encoded.prompt_ids,
+        prompt_mask=encoded.prompt_mask,
+        prompt_texts=[r for r in encoded.rendered for _ in range(g)],
+        meta=[dict(pr.meta) for pr in prompts for _ in range(g)],
+        temperature=temperature if temperature > 0 else 1.0,
+        extras={"raw_texts": [c.raw_text for c in completions],
+                "finish_reason": [c.finish_reason for c in completions], **extras},
+        **stack(completions, logprobs, pad_id),
+    )

@@ -28,7 +28,7 @@ import rlgen
 from rlgen import PluginError
 
 from ..models import load_causal_lm, load_tokenizer
-from .completions import assemble, stack
+from .completions import assemble, build_rollout, encode_prompts
 from .decode_loop import LlamaDecoder, decode, unsupported_reason
 from .postprocess import PostProcessStep, build_postprocessor
 from .seeded import SeededSampler, sample_seeds
@@ -244,10 +244,8 @@ class HFSampler(rlgen.Sampler):
         device = next(model.parameters()).device
         p = self.params
         chat = p.chat_template and bool(getattr(self.tokenizer, "chat_template", None))
-        rendered = [self.render(pr) for pr in prompts]
-        enc = self.tokenizer(rendered, padding=True, return_tensors="pt", add_special_tokens=not chat)
-        prompt_ids = enc["input_ids"].repeat_interleave(group_size, dim=0)
-        prompt_mask = enc["attention_mask"].repeat_interleave(group_size, dim=0).bool()
+        encoded = encode_prompts(self.tokenizer, [self.render(pr) for pr in prompts], group_size, chat)
+        prompt_ids, prompt_mask = encoded.prompt_ids, encoded.prompt_mask
         seeds = sample_seeds(seed, len(prompts), group_size)
         eos_ids = self._eos_ids(model)
         gen_config = self._generation_config(eos_ids)
@@ -265,7 +263,7 @@ class HFSampler(rlgen.Sampler):
                     rows = prompt_of_row[lo:hi]
                     distinct, rows = torch.unique(rows, return_inverse=True)
                     out = decode(
-                        self._decoder(model, hi - lo), enc["input_ids"][distinct], enc["attention_mask"][distinct],
+                        self._decoder(model, hi - lo), encoded.input_ids[distinct], encoded.attention_mask[distinct],
                         rows, p.max_new_tokens, sampler, self._stopping_criteria(eos_ids),
                         self.tokenizer.pad_token_id,
                     )
@@ -293,22 +291,13 @@ class HFSampler(rlgen.Sampler):
                 )
             logprobs.append(torch.nn.functional.pad(lps, (0, p.max_new_tokens - lps.shape[1])))
         gen_s = time.perf_counter() - t0
-        tensors = stack(completions, torch.cat(logprobs, dim=0), self.tokenizer.pad_token_id)
-        return rlgen.Rollout(
-            texts=[c.text for c in completions],
-            group=torch.arange(len(prompts)).repeat_interleave(group_size),
-            prompt_ids=prompt_ids,
-            prompt_mask=prompt_mask,
-            prompt_texts=[r for r in rendered for _ in range(group_size)],
-            meta=[dict(pr.meta) for pr in prompts for _ in range(group_size)],
-            temperature=p.temperature if p.temperature > 0 else 1.0,
+        return build_rollout(
+            prompts, encoded, completions, torch.cat(logprobs, dim=0), pad_id=self.tokenizer.pad_token_id,
+            temperature=p.temperature,
             extras={
-                "raw_texts": [c.raw_text for c in completions],
-                "finish_reason": [c.finish_reason for c in completions],
                 "lengths": [len(c.ids) for c in completions],  # tokens generated, EOS included
                 "sample_seeds": seeds,
                 "generate_s": gen_s,
                 "decode": "loop" if use_loop else "generate",
             },
-            **tensors,
         )

@@ -5,7 +5,7 @@ Switching from ``hf`` is one config line: the sampling fields are the ``hf`` sam
 (chat template, left padding), every sample gets the same per-sample seed
 (:func:`.seeded.sample_seeds`), and vLLM's token ids go through the same
 :func:`.completions.assemble` (end at the first EOS or stop string, post-processors,
-offsets) and :func:`.completions.stack`. Only the random draws differ: vLLM's seeded
+offsets) and :func:`.completions.build_rollout`. Only the random draws differ: vLLM's seeded
 generator is not ``hf``'s, so sampled tokens differ while greedy ones are equal.
 
 Modes (see docs/vllm.md): ``colocate`` runs ``vllm.LLM`` in the training process and hands
@@ -33,7 +33,7 @@ from rlgen import PluginError
 from rlgen import get_logger
 
 from ..models import load_tokenizer, torch_dtype
-from .completions import assemble, stack
+from .completions import assemble, build_rollout, encode_prompts
 from .hf import HFSampler, render_prompt
 from .postprocess import build_postprocessor
 from .seeded import sample_seeds
@@ -293,10 +293,8 @@ class VLLMSampler(rlgen.Sampler):
             raise PluginError("sampler 'vllm': generate was given no prompts")
         p = self.params
         chat = p.chat_template and bool(getattr(self.tokenizer, "chat_template", None))
-        rendered = [self.render(pr) for pr in prompts]
-        enc = self.tokenizer(rendered, padding=True, return_tensors="pt", add_special_tokens=not chat)
-        prompt_ids = enc["input_ids"].repeat_interleave(group_size, dim=0)
-        prompt_mask = enc["attention_mask"].repeat_interleave(group_size, dim=0).bool()
+        encoded = encode_prompts(self.tokenizer, [self.render(pr) for pr in prompts], group_size, chat)
+        prompt_ids, prompt_mask = encoded.prompt_ids, encoded.prompt_mask
         seeds = sample_seeds(seed, len(prompts), group_size)
         rows = [ids[mask].tolist() for ids, mask in zip(prompt_ids, prompt_mask)]  # vLLM takes unpadded ids
         t0 = time.perf_counter()
@@ -311,21 +309,7 @@ class VLLMSampler(rlgen.Sampler):
                 assemble(self.tokenizer, g.token_ids, n, self._eos_ids, p.stop, p.include_stop_str,
                          self._processors, p.max_new_tokens)
             )
-        tensors = stack(completions, logprobs, self.tokenizer.pad_token_id)
-        return rlgen.Rollout(
-            texts=[c.text for c in completions],
-            group=torch.arange(len(prompts)).repeat_interleave(group_size),
-            prompt_ids=prompt_ids,
-            prompt_mask=prompt_mask,
-            prompt_texts=[r for r in rendered for _ in range(group_size)],
-            meta=[dict(pr.meta) for pr in prompts for _ in range(group_size)],
-            temperature=p.temperature if p.temperature > 0 else 1.0,
-            extras={
-                "raw_texts": [c.raw_text for c in completions],
-                "finish_reason": [c.finish_reason for c in completions],
-                "sample_seeds": seeds,
-                "generate_s": gen_s,
-                "logprobs_exact": self._logprobs_exact,
-            },
-            **tensors,
+        return build_rollout(
+            prompts, encoded, completions, logprobs, pad_id=self.tokenizer.pad_token_id, temperature=p.temperature,
+            extras={"sample_seeds": seeds, "generate_s": gen_s, "logprobs_exact": self._logprobs_exact},
         )

@@ -23,6 +23,9 @@ def test_bench_reports_the_median_step_its_split_and_peak_memory(tmp_path):
     assert result["step_s_min"] <= result["step_s_median"] <= result["step_s_max"]
     split = result["split_s"]
     assert {"time/sample_s", "time/reward_s", "time/train_s"} <= set(split)
+    # the grpo trainer reports its own split of time/train_s
+    assert {"trainer/time/forward_s", "trainer/time/backward_s", "trainer/time/optimizer_s"} <= set(split)
+    assert sum(v for k, v in split.items() if k.startswith("trainer/time/")) <= split["time/train_s"] * 1.01
     assert sum(v for k, v in split.items() if k.startswith("time/")) <= result["step_s_max"] * 1.01
     assert result["peak_rss_mb"] > 100 and result["tokens_per_s"] > 0
     # 4 steps were trained (1 warm-up + 3), nothing was checkpointed or exported

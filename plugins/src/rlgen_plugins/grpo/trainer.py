@@ -85,7 +85,10 @@ class GrpoParams(rlgen.Params):
     disable_dropout: bool = Field(True, description="set every dropout to 0 so pi_theta and pi_old agree on the first pass")
     log_entropy: bool = Field(True, description="log the policy entropy on completion tokens (one extra softmax per pass)")
     # -- engine --
-    zero_stage: int = Field(2, ge=0, le=3, description="DeepSpeed ZeRO stage 0-3 (the paper trains with 2)")
+    zero_stage: Literal[0, 1, 2, 3, "auto"] = Field(
+        "auto", description="DeepSpeed ZeRO stage 0-3 (the paper trains with 2); auto: 0 on one rank, where partitioning "
+        "buys nothing and costs an extra copy of the gradients, 2 on several, 2 or 3 when offloading asks for it"
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="compute precision; auto follows model.dtype. Master weights stay fp32 in every case"
     )
@@ -108,7 +111,7 @@ class GrpoParams(rlgen.Params):
     def _check_engine(self) -> "GrpoParams":
         if self.offload_optimizer and self.zero_stage == 0:
             raise ValueError("offload_optimizer needs zero_stage >= 1")
-        if self.offload_params and self.zero_stage != 3:
+        if self.offload_params and self.zero_stage not in (3, "auto"):
             raise ValueError("offload_params needs zero_stage 3")
         return self
 
@@ -124,6 +127,15 @@ class StepPlan:
 
 _PRECISION_OF_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 _DTYPE_OF_PRECISION = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_zero_stage(params: GrpoParams, world_size: int) -> int:
+    """The ZeRO stage ``auto`` stands for: partition only where there is someone to share with, or offloading needs it."""
+    if params.zero_stage != "auto":
+        return int(params.zero_stage)
+    if params.offload_params:
+        return 3
+    return 2 if params.offload_optimizer or world_size > 1 else 0
 
 
 def disable_dropout(module: torch.nn.Module) -> None:
@@ -194,6 +206,7 @@ class GrpoTrainer(rlgen.Trainer):
         self.rank, self.world_size = 0, 1
         self.device = torch.device("cpu")
         self.precision = "fp32"
+        self.zero_stage = 0
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -208,6 +221,7 @@ class GrpoTrainer(rlgen.Trainer):
             )
         mcfg = context.config.model
         self.precision = _PRECISION_OF_DTYPE[mcfg.dtype] if p.precision == "auto" else p.precision
+        self.zero_stage = resolve_zero_stage(p, self.world_size)
         path = context.resolve_model(mcfg.path)
         self.tokenizer = load_tokenizer(context.resolve_model(mcfg.tokenizer or mcfg.path),
                                         trust_remote_code=mcfg.trust_remote_code)
@@ -228,7 +242,7 @@ class GrpoTrainer(rlgen.Trainer):
             self.ref_model = ref.to(self.device).eval()
         total = p.total_updates or context.config.run.steps * p.epochs * p.mini_batches
         config = ds.build_ds_config(
-            zero_stage=p.zero_stage, precision=self.precision, micro_batch_size=p.micro_batch_size,
+            zero_stage=self.zero_stage, precision=self.precision, micro_batch_size=p.micro_batch_size,
             world_size=self.world_size, learning_rate=p.learning_rate, betas=p.adam_betas, eps=p.adam_eps,
             weight_decay=p.weight_decay, max_grad_norm=p.max_grad_norm, optimizer=p.optimizer,
             offload_optimizer=p.offload_optimizer, offload_params=p.offload_params,
@@ -270,7 +284,7 @@ class GrpoTrainer(rlgen.Trainer):
         out = torch.zeros(batch.completion_ids.shape, dtype=torch.float32, device=self.device)
         separate_ref = which == "ref" and self.ref_model is not None
         # passes through the engine must be balanced across ranks under ZeRO-3 (forward gathers params)
-        balance = not separate_ref and self.params.zero_stage == 3
+        balance = not separate_ref and self.zero_stage == 3
         for mini in plan.passes:
             for rows in mini:
                 if rows is None and not balance:
@@ -288,7 +302,7 @@ class GrpoTrainer(rlgen.Trainer):
 
     def _grad_norm_before_step(self) -> float | None:
         """Global gradient norm where DeepSpeed does not report one (ZeRO stage 0; grads are already averaged)."""
-        if self.params.zero_stage != 0:
+        if self.zero_stage != 0:
             return None
         grads = [q.grad.detach().float().norm() for q in self.engine.module.parameters() if q.grad is not None]
         return float(torch.stack(grads).norm()) if grads else 0.0
@@ -313,8 +327,13 @@ class GrpoTrainer(rlgen.Trainer):
                 f"trainer '{self.name}': params.temperature is {p.temperature} but the sampler drew at {temperature}; "
                 "remove trainer.params.temperature (the trainer reads the rollout's)"
             )
+        # where the step's time goes (rlgen bench reads these as trainer/time/*)
+        clock = dict.fromkeys(("old", "ref", "forward", "backward", "optimizer"), 0.0)
+        tick = time.perf_counter()
         logp_old = None if reuse_old else self._frozen_logprobs(batch, plan, "old", temperature)
+        clock["old"], tick = time.perf_counter() - tick, time.perf_counter()
         ref_logp = self._frozen_logprobs(batch, plan, "ref", temperature) if p.beta > 0 else None
+        clock["ref"] = time.perf_counter() - tick
         # sampler/trainer agreement: |log-prob of a sampled token under the sampler - under this
         # forward on the same weights| (verl's rollout-vs-training probability difference), from the
         # first forward pass, before any update
@@ -340,6 +359,7 @@ class GrpoTrainer(rlgen.Trainer):
                 for k, rows in enumerate(mini):
                     last = k == len(mini) - 1
                     self.engine.set_gradient_accumulation_boundary(last)
+                    tick = time.perf_counter()
                     if rows is None:
                         # this rank has fewer rows: a zero-weight pass keeps the collectives in step
                         logits, _ = self._logits(self.engine, batch, torch.tensor([0]))
@@ -367,14 +387,19 @@ class GrpoTrainer(rlgen.Trainer):
                             sums[3] += float((out.kl.detach() * m).sum())
                         if p.log_entropy:
                             sums[4] += float((token_entropy(logits, temperature) * m).sum())
+                    clock["forward"] += time.perf_counter() - tick
+                    tick = time.perf_counter()
                     self.engine.backward(loss, scale_wrt_gas=False)
+                    clock["backward"] += time.perf_counter() - tick
                     if last:
+                        tick = time.perf_counter()
                         pre_norm = self._grad_norm_before_step()
                         lr = float(self.engine.get_lr()[0])
                         self.engine.step()
                         norm = self.engine.get_global_grad_norm()
                         grad_norms.append(float(norm) if norm is not None else float(pre_norm or 0.0))
                         self.updates_done += 1
+                        clock["optimizer"] += time.perf_counter() - tick
         self.engine.module.eval()
         totals = ds.all_reduce(torch.cat([sums, torch.tensor([float(batch.num_tokens), float(batch.num_completion_tokens)],
                                                              dtype=torch.float64)]), "sum")
@@ -391,6 +416,7 @@ class GrpoTrainer(rlgen.Trainer):
             "step_seconds": seconds,
             "completion_tokens": completion_tokens,
             "updates": float(updates),
+            **{f"time/{phase}_s": value for phase, value in clock.items()},
         }
         if sampled is not None:
             diff_sum, diff_tokens = ds.all_reduce(agreement[:2].clone(), "sum").tolist()
@@ -406,7 +432,7 @@ class GrpoTrainer(rlgen.Trainer):
 
     def policy_module(self) -> torch.nn.Module | None:
         """The live policy (a PEFT model under LoRA) when ZeRO keeps it whole (stage < 3), else None."""
-        if self.engine is None or self.params.zero_stage == 3:
+        if self.engine is None or self.zero_stage == 3:
             return None
         return self.engine.module
 
@@ -414,11 +440,11 @@ class GrpoTrainer(rlgen.Trainer):
         """Full weights by HF name, LoRA merged. Under ZeRO-3 this gathers: every rank must call it."""
         if self.engine is None:
             raise PluginError(f"trainer '{self.name}': export_weights() before setup()")
-        yield from full_state(self.engine.module, self.params.zero_stage).items()
+        yield from full_state(self.engine.module, self.zero_stage).items()
 
     def export_policy(self, directory: Path) -> None:
         """``save_pretrained`` folder (safetensors + tokenizer) of the policy, LoRA merged; collective, rank 0 writes."""
-        state = full_state(self.engine.module, self.params.zero_stage)
+        state = full_state(self.engine.module, self.zero_stage)
         if self.rank == 0:
             Path(directory).parent.mkdir(parents=True, exist_ok=True)
             save_hf_folder(self.engine.module, state, Path(directory), self.tokenizer)
@@ -456,7 +482,7 @@ class GrpoTrainer(rlgen.Trainer):
             meta = {
                 "format": CHECKPOINT_FORMAT, "trainer": self.name, "steps": self.steps_done,
                 "updates": self.updates_done, "world_size": self.world_size,
-                "zero_stage": self.params.zero_stage, "lora": lora,
+                "zero_stage": self.zero_stage, "lora": lora,
             }
             tmp = directory / f"{STATE_FILE}.tmp"
             tmp.write_text(json.dumps(meta, indent=2))
@@ -473,7 +499,7 @@ class GrpoTrainer(rlgen.Trainer):
         p = self.params
         if meta.get("trainer") != self.name or meta.get("format") != CHECKPOINT_FORMAT:
             raise PluginError(f"trainer '{self.name}': {directory} was written by {meta.get('trainer')!r} format {meta.get('format')}")
-        if meta["zero_stage"] != p.zero_stage or (p.zero_stage > 0 and meta["world_size"] != self.world_size):
+        if meta["zero_stage"] != self.zero_stage or (self.zero_stage > 0 and meta["world_size"] != self.world_size):
             raise PluginError(
                 f"trainer '{self.name}': checkpoint {directory} holds ZeRO-{meta['zero_stage']} state of "
                 f"{meta['world_size']} ranks; resume with zero_stage={meta['zero_stage']} on {meta['world_size']} ranks"

@@ -67,8 +67,10 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def _launch_ranks(args: argparse.Namespace) -> int:
+def _launch_ranks(args: argparse.Namespace, config) -> int:
     """Re-run this command under torchrun with ``--nproc`` ranks on this machine."""
+    from . import run_lock
+
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
            "-m", "rlgen.cli", "train", str(args.config)]
     for s in args.set or []:
@@ -79,7 +81,11 @@ def _launch_ranks(args: argparse.Namespace) -> int:
         cmd.append("--log-json")
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")  # N ranks x many OpenMP threads thrash a small CPU
-    return subprocess.call(cmd, env=env)
+    # this process holds the run folder's lock while the ranks run, so it also covers the time
+    # before rank 0 starts; rank 0 sees it is held for it and does not wait on it
+    env[run_lock.ENV_HELD] = str(Path(config.run.output_dir).resolve())
+    with run_lock.hold(Path(config.run.output_dir)):
+        return subprocess.call(cmd, env=env)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -90,7 +96,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     # launch ranks unless this process already is one (torchrun / deepspeed set WORLD_SIZE)
     if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         prepare(config)  # fail here, once, before N processes start
-        return _launch_ranks(args)
+        return _launch_ranks(args, config)
     result = train(config, resume=args.resume)
     print(f"done: {result.last_step} steps; run folder {result.output_dir}")
     return 0

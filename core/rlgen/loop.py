@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import tqdm
 
-from . import checkpoints, session
+from . import checkpoints, run_lock, session
 from .advantage import check_advantages
 from .config import RunConfig
 from .discovery import Registry
@@ -258,12 +258,18 @@ class _Run:
 def train(
     config: RunConfig, *, resume: bool = False, registry: Registry | None = None, progress: bool = True
 ) -> RunResult:
-    """Validate ``config`` completely, then train; returns the run folder and per-step metrics."""
+    """Validate ``config`` completely, then train; returns the run folder and per-step metrics.
+
+    The run folder is locked for the whole run (:mod:`rlgen.run_lock`): a second run on it stops
+    with :class:`rlgen.run_lock.RunFolderInUse` before writing anything.
+    """
     prepared = session.prepare(config, registry)
     out = Path(config.run.output_dir)
-    if not resume and checkpoints.latest_checkpoint(out / "checkpoints") is not None:
-        raise ConfigError(
-            f"{config.origin}: run.output_dir {out} already holds checkpoints; pass --resume to continue, "
-            "or choose another folder"
-        )
-    return _Run(prepared, progress).run(resume)
+    rank, _ = distributed_env()
+    with run_lock.hold(out, rank=rank):
+        if not resume and checkpoints.latest_checkpoint(out / "checkpoints") is not None:
+            raise ConfigError(
+                f"{config.origin}: run.output_dir {out} already holds checkpoints; pass --resume to continue, "
+                "or choose another folder"
+            )
+        return _Run(prepared, progress).run(resume)

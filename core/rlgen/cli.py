@@ -77,6 +77,8 @@ def _launch_ranks(args: argparse.Namespace, config) -> int:
         cmd += ["--set", s]
     if args.resume:
         cmd.append("--resume")
+    if args.allow_config_change:
+        cmd.append("--allow-config-change")
     if args.log_json:
         cmd.append("--log-json")
     env = dict(os.environ)
@@ -97,7 +99,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         prepare(config)  # fail here, once, before N processes start
         return _launch_ranks(args, config)
-    result = train(config, resume=args.resume)
+    result = train(config, resume=args.resume, allow_config_change=args.allow_config_change)
     print(f"done: {result.last_step} steps; run folder {result.output_dir}")
     return 0
 
@@ -193,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a policy")
     with_config(p)
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in run.output_dir")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: accept a config that changes the run's trajectory (recorded in RUN/config_changes.json)")
     p.add_argument("--nproc", type=int, default=1, help="ranks on this machine (torchrun); multi-node: docs/multinode.md")
     p.add_argument("--log-json", action="store_true", dest="log_json_sub", help=argparse.SUPPRESS)
     # the deepspeed launcher passes --local_rank; the rank is read from the environment instead

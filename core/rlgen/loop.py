@@ -19,6 +19,7 @@ import torch
 import tqdm
 
 from . import checkpoints, run_lock, session
+from .resume_config import check_resume_config
 from .advantage import check_advantages
 from .config import RunConfig
 from .discovery import Registry
@@ -256,20 +257,25 @@ class _Run:
 
 
 def train(
-    config: RunConfig, *, resume: bool = False, registry: Registry | None = None, progress: bool = True
+    config: RunConfig, *, resume: bool = False, allow_config_change: bool = False, registry: Registry | None = None,
+    progress: bool = True,
 ) -> RunResult:
     """Validate ``config`` completely, then train; returns the run folder and per-step metrics.
 
     The run folder is locked for the whole run (:mod:`rlgen.run_lock`): a second run on it stops
-    with :class:`rlgen.run_lock.RunFolderInUse` before writing anything.
+    with :class:`rlgen.run_lock.RunFolderInUse` before writing anything. A resume must use the
+    run's config up to harmless keys (:mod:`rlgen.resume_config`), unless ``allow_config_change``.
     """
     prepared = session.prepare(config, registry)
     out = Path(config.run.output_dir)
     rank, _ = distributed_env()
     with run_lock.hold(out, rank=rank):
-        if not resume and checkpoints.latest_checkpoint(out / "checkpoints") is not None:
+        latest = checkpoints.latest_checkpoint(out / "checkpoints")
+        if not resume and latest is not None:
             raise ConfigError(
                 f"{config.origin}: run.output_dir {out} already holds checkpoints; pass --resume to continue, "
                 "or choose another folder"
             )
+        if resume and rank == 0:
+            check_resume_config(config, out, allow_change=allow_config_change, step=latest[0] if latest else None)
         return _Run(prepared, progress).run(resume)

@@ -3,6 +3,7 @@ the last checkpoint intact and resumable."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def test_a_reward_fault_in_the_tiny_grpo_run_leaves_a_resumable_checkpoint(tmp_p
     raw["callbacks"] = []
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump(raw))
-    env = {"RLGEN_PLUGINS": "faulty_reward", "PYTHONPATH": str(HERE)}
+    env = {"RLGEN_PLUGINS": "faulty_reward", "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
     failed = run_rlgen("train", str(cfg), FAULTY_REWARD_AT="3", **env)
     assert failed.returncode == 1, failed.stderr[-3000:]
     check_fault_report(failed.stderr, tmp_path / "run")

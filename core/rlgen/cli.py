@@ -1,6 +1,7 @@
 """The `rlgen` command: list plugins, validate and train a config, export the config schema.
 
-Every expected failure is an RlgenError and becomes one message on stderr with exit code 2.
+Every expected failure is an RlgenError and becomes one message on stderr with exit code 2; a
+plugin that raised mid-run becomes one message too, with exit code 1 (the traceback is in the run folder).
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .errors import RlgenError
+from .errors import PluginFault, RlgenError
 
 EXIT_USAGE = 2
+#: a run stopped by a plugin's unexpected exception (the input was fine)
+EXIT_FAULT = 1
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
@@ -67,19 +70,27 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def _launch_ranks(args: argparse.Namespace) -> int:
+def _launch_ranks(args: argparse.Namespace, config) -> int:
     """Re-run this command under torchrun with ``--nproc`` ranks on this machine."""
+    from . import run_lock
+
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
            "-m", "rlgen.cli", "train", str(args.config)]
     for s in args.set or []:
         cmd += ["--set", s]
     if args.resume:
         cmd.append("--resume")
+    if args.allow_config_change:
+        cmd.append("--allow-config-change")
     if args.log_json:
         cmd.append("--log-json")
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")  # N ranks x many OpenMP threads thrash a small CPU
-    return subprocess.call(cmd, env=env)
+    # this process holds the run folder's lock while the ranks run, so it also covers the time
+    # before rank 0 starts; rank 0 sees it is held for it and does not wait on it
+    env[run_lock.ENV_HELD] = str(Path(config.run.output_dir).resolve())
+    with run_lock.hold(Path(config.run.output_dir)):
+        return subprocess.call(cmd, env=env)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -90,20 +101,30 @@ def _cmd_train(args: argparse.Namespace) -> int:
     # launch ranks unless this process already is one (torchrun / deepspeed set WORLD_SIZE)
     if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         prepare(config)  # fail here, once, before N processes start
-        return _launch_ranks(args)
-    result = train(config, resume=args.resume)
+        return _launch_ranks(args, config)
+    result = train(config, resume=args.resume, allow_config_change=args.allow_config_change)
     print(f"done: {result.last_step} steps; run folder {result.output_dir}")
     return 0
+
+
+def _policy_config(policy: str | None) -> Path:
+    """The config.yaml beside a run's policy folder, for eval and generate without --config."""
+    from .session import check_policy_exists, config_for_policy
+
+    if not policy:
+        raise RlgenError("--config is required unless --policy is a run's policy folder (with config.yaml beside it)")
+    check_policy_exists(policy)
+    found = config_for_policy(policy)
+    if found is None:
+        raise RlgenError(f"--config is required: --policy {policy} is not a run's policy folder "
+                         "(no config.yaml beside it), so there is no run config to take the prompts and sampler from")
+    return found
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from .config import load_config
     from .generate import generate_file
-    from .session import config_for_policy
-
-    config_path = args.config or config_for_policy(args.policy)
-    if config_path is None:
-        raise RlgenError("--config is required unless --policy is a run's policy folder with config.yaml beside it")
+    config_path = args.config or _policy_config(args.policy)
     config = load_config(config_path, args.set or [])
     count = generate_file(config, policy=args.policy, data=args.data, out=args.out, n=args.n,
                           batch_prompts=args.batch, seed=args.seed)
@@ -114,11 +135,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .config import load_config
     from .evaluate import evaluate_policy, load_evaluation, markdown_table, write_evaluation
-    from .session import config_for_policy
-
-    config_path = args.config or (config_for_policy(args.policy) if args.policy else None)
-    if config_path is None:
-        raise RlgenError("--config is required unless --policy is a run's policy folder with config.yaml beside it")
+    config_path = args.config or _policy_config(args.policy)
     config = load_config(config_path, args.set or [])
     baseline = load_evaluation(args.baseline) if args.baseline else None
     result = evaluate_policy(config, policy=args.policy, data=args.data, limit=args.limit, samples_per_context=args.n,
@@ -198,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a policy")
     with_config(p)
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in run.output_dir")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: accept a config that changes the run's trajectory (recorded in RUN/config_changes.json)")
     p.add_argument("--nproc", type=int, default=1, help="ranks on this machine (torchrun); multi-node: docs/multinode.md")
     p.add_argument("--log-json", action="store_true", dest="log_json_sub", help=argparse.SUPPRESS)
     # the deepspeed launcher passes --local_rank; the rank is read from the environment instead
@@ -234,6 +253,9 @@ def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> i
     configure_logging(json=args.log_json or getattr(args, "log_json_sub", False), level=args.log_level)
     try:
         return int(args.func(args) or 0)
+    except PluginFault as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAULT
     except RlgenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -42,6 +42,13 @@ class DataConfig(_Section):
     prompts_per_step: int = Field(4, ge=1, description="prompts per step and rank; the batch is this x group_size")
     shuffle: bool = Field(True, description="reshuffle the prompts every epoch (seeded)")
     limit: int | None = Field(None, ge=1, description="use only the first N records")
+    max_prompt_tokens: int | None = Field(
+        None, ge=1, description="most tokens a rendered prompt may take (default: the model's context less the completion budget)"
+    )
+    long_prompts: Literal["error", "skip", "truncate"] = Field(
+        "error", description="prompts over the limit: error (validate and train refuse them, naming file:line), "
+        "skip (dropped, with a count), truncate (their first tokens dropped, keeping the end the model answers)"
+    )
 
 
 class PluginRef(_Section):

@@ -27,47 +27,68 @@ class BuiltinDataset:
     fields: dict[str, str] = field(default_factory=dict)
 
 
+def read_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """``(line, row)`` of every row of a JSONL or Parquet file (for Parquet, the 1-based row number).
+
+    Bytes that are not UTF-8 and lines that are not a JSON object are reported as ``file:line``.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"data file {p} does not exist")
+    if p.is_dir():
+        raise ConfigError(f"data file {p} is a folder, not a .jsonl or .parquet file")
+    if p.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as exc:
+            raise ConfigError(f"reading {p} needs pyarrow: pip install pyarrow") from exc
+        rows = list(enumerate(pq.read_table(p).to_pylist(), 1))
+    else:
+        rows = []
+        # bytes, decoded line by line, so that a bad byte is reported with its line
+        with p.open("rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise ConfigError(
+                        f"{p}:{lineno}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                        "re-encode the file as UTF-8"
+                    ) from None
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(f"{p}:{lineno}: not valid JSON ({exc.msg})") from None
+                if not isinstance(row, dict):
+                    raise ConfigError(f"{p}:{lineno}: expected a JSON object per line")
+                rows.append((lineno, row))
+    if not rows:
+        raise ConfigError(f"data file {p} has no rows")
+    return rows
+
+
+def rename_fields(path: str | Path, rows: list[tuple[int, dict[str, Any]]], fields: dict[str, str]) -> list[dict[str, Any]]:
+    """Rows with each ``fields`` name (template/reward name -> file column) filled from its column."""
+    renamed = []
+    for lineno, row in rows:
+        out = dict(row)
+        for name, column in fields.items():
+            if column not in row:
+                raise ConfigError(f"{path}:{lineno}: the row has no column '{column}' (data.fields.{name})")
+            out[name] = row[column]
+        renamed.append(out)
+    return renamed
+
+
 def read_records(path: str | Path, fields: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Rows of a JSONL or Parquet file as dicts, with ``fields`` renaming columns.
 
     ``fields`` maps the name the prompt template and rewards use to the file's column name,
     e.g. ``{"query": "search_term"}``.
     """
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"data file {p} does not exist")
-    if p.suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as exc:
-            raise ConfigError(f"reading {p} needs pyarrow: pip install pyarrow") from exc
-        rows = pq.read_table(p).to_pylist()
-    else:
-        rows = []
-        with p.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ConfigError(f"{p}:{lineno}: not valid JSON ({exc.msg})") from exc
-                if not isinstance(row, dict):
-                    raise ConfigError(f"{p}:{lineno}: expected a JSON object per line")
-                rows.append(row)
-    if not rows:
-        raise ConfigError(f"data file {p} has no rows")
-    if fields:
-        renamed = []
-        for i, row in enumerate(rows, 1):
-            out = dict(row)
-            for name, column in fields.items():
-                if column not in row:
-                    raise ConfigError(f"{p}: row {i} has no column '{column}' (data.fields.{name})")
-                out[name] = row[column]
-            renamed.append(out)
-        rows = renamed
-    return rows
+    return rename_fields(path, read_rows(path), fields or {})
 
 
 def template_fields(template: str) -> list[str]:
@@ -103,13 +124,23 @@ class PromptSource:
         system_prompt: str | None = None,
         shuffle: bool = True,
         origin: str = "data",
+        lines: list[int] | None = None,
     ) -> None:
-        missing = sorted({f for f in template_fields(prompt_template) if f not in records[0]})
-        if missing:
+        """``origin`` names the data in errors (its file); ``lines`` are the records' line numbers in it."""
+        lines = lines or list(range(1, len(records) + 1))
+        needed = template_fields(prompt_template)
+        lacking = [(line, sorted(f for f in needed if f not in r)) for line, r in zip(lines, records)
+                   if any(f not in r for f in needed)]
+        if lacking:
+            names = sorted({f for _, missing in lacking for f in missing})
+            shown = ", ".join(str(line) for line, _ in lacking[:5]) + (", ..." if len(lacking) > 5 else "")
             raise ConfigError(
-                f"{origin}: data.prompt_template uses {missing}, which the rows do not have "
-                f"(columns: {sorted(records[0])}); map them with data.fields"
+                f"{origin}: data.prompt_template uses {names}, which {len(lacking)} of {len(records)} rows lack "
+                f"(line{'s' if len(lacking) > 1 else ''} {shown}; columns of line {lacking[0][0]}: "
+                f"{sorted(records[lines.index(lacking[0][0])])}); fix the rows or map columns with data.fields"
             )
+        self.lines = lines
+        self.origin = origin
         self.records = records
         self.template = prompt_template
         self.system_prompt = system_prompt

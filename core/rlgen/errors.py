@@ -16,3 +16,15 @@ class ConfigError(RlgenError):
 
 class PluginError(RlgenError):
     """A plugin is missing, duplicated, failed to import, or broke a data contract."""
+
+
+class PluginFault(RlgenError):
+    """A plugin raised an unexpected exception during a run (its bug, not the user's input).
+
+    The CLI prints it as one line (plugin, hook, step, where the traceback went) and exits 1,
+    not 2: the config was fine, the run stopped.
+    """
+
+    def __init__(self, message: str, *, kind: str, plugin: str, hook: str, step: int, log_file: str) -> None:
+        super().__init__(message)
+        self.kind, self.plugin, self.hook, self.step, self.log_file = kind, plugin, hook, step, log_file

@@ -100,6 +100,11 @@ class Plugin(abc.ABC):
     def __init__(self, params: pydantic.BaseModel | None = None) -> None:
         self.params = params if params is not None else self.Params()
 
+    def check(self, context: RunContext) -> None:
+        """Raise ConfigError (naming the key) for anything ``setup`` would trip on: a missing model
+        folder, a tokenizer that cannot load. Cheap: no weights are loaded; ``rlgen validate``,
+        train, eval and generate call it before anything is written."""
+
     def setup(self, context: RunContext) -> None:
         """Load models and other heavy state; called once before the first step."""
 
@@ -148,6 +153,22 @@ class Sampler(Plugin):
     @abc.abstractmethod
     def sync_weights(self, trainer: "Trainer") -> dict[str, float]:
         """Make the next ``generate`` use the trainer's current policy; return timing metrics."""
+
+    def max_prompt_tokens(self, context: RunContext) -> int | None:
+        """The most prompt tokens the model can take with room left for a completion, or None when unknown.
+
+        Called before ``setup`` (by ``rlgen validate`` and train), so it must not load weights.
+        """
+        return None
+
+    def prompt_token_counts(self, context: RunContext, prompts: list[Prompt]) -> list[int] | None:
+        """Tokens each prompt takes as ``generate`` renders it, or None when this sampler cannot tell.
+
+        Called before ``setup``, so it must not load weights; a tokenizer is fine. With
+        ``data.long_prompts: truncate`` the sampler itself keeps each prompt's last
+        ``min(data.max_prompt_tokens, max_prompt_tokens())`` tokens.
+        """
+        return None
 
 
 class Trainer(Plugin):

@@ -7,22 +7,25 @@ folder: ``metrics.jsonl``, ``checkpoints/``, ``policy/``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import tqdm
 
-from . import checkpoints, session
+from . import checkpoints, run_lock, session
+from .resume_config import check_resume_config
 from .advantage import check_advantages
 from .config import RunConfig
 from .discovery import Registry
-from .errors import ConfigError
+from .errors import ConfigError, PluginFault, RlgenError
 from .evaluate import evaluate_policy
 from .interfaces import Plugin, RewardProvider
 from .logs import get_logger
@@ -126,10 +129,35 @@ class _Run:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def score(self, rollout) -> dict[str, RewardResult]:
+    @contextlib.contextmanager
+    def blame(self, kind: str, plugin: str, hook: str, step: int) -> Iterator[None]:
+        """Turn an unexpected exception of ``plugin``'s ``hook`` into a :class:`PluginFault`: one line
+        for the console, the full traceback appended to the run folder's error log.
+
+        RlgenErrors pass unchanged (they already are one clear line), and so do KeyboardInterrupt
+        and SystemExit, which are not Exceptions.
+        """
+        try:
+            yield
+        except RlgenError:
+            raise
+        except Exception as exc:
+            log_file = self.output_dir / ("error.log" if self.rank == 0 else f"error-rank{self.rank}.log")
+            with contextlib.suppress(OSError), log_file.open("a", encoding="utf-8") as fh:
+                fh.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} step {step}: {kind} '{plugin}' raised in {hook}\n")
+                fh.write(traceback.format_exc())
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise PluginFault(
+                f"{kind} '{plugin}' raised {type(exc).__name__} in {hook} at step {step}"
+                f"{': ' + first if first else ''}; traceback in {log_file}",
+                kind=kind, plugin=plugin, hook=hook, step=step, log_file=str(log_file),
+            ) from exc
+
+    def score(self, rollout, step: int) -> dict[str, RewardResult]:
         results = {}
         for key, provider in self.rewards.items():
-            raw = provider.score(rollout)
+            with self.blame("reward", key, "score", step):
+                raw = provider.score(rollout)
             results[key] = check_reward_result(raw, plugin=provider.name, granularity=provider.granularity, rollout=rollout)
         return results
 
@@ -138,16 +166,20 @@ class _Run:
         seed_everything(seed)
         t0 = time.perf_counter()
         prompts = self.source.batch(step, self.rank, self.world_size)
-        rollout = self.sampler.generate(prompts, self.config.group_size, seed)
+        with self.blame("sampler", self.sampler.name, "generate", step):
+            rollout = self.sampler.generate(prompts, self.config.group_size, seed)
         t1 = time.perf_counter()
-        rewards = self.score(rollout)
+        rewards = self.score(rollout, step)
         t2 = time.perf_counter()
-        adv = self.advantage.combine(rollout, rewards, self.weights)
+        with self.blame("advantage", self.advantage.name, "combine", step):
+            adv = self.advantage.combine(rollout, rewards, self.weights)
         adv = check_advantages(adv, plugin=self.advantage.name, rollout=rollout)
         t3 = time.perf_counter()
-        trainer_metrics = self.trainer.step(rollout, adv)
+        with self.blame("trainer", self.trainer.name, "step", step):
+            trainer_metrics = self.trainer.step(rollout, adv)
         t4 = time.perf_counter()
-        sync_metrics = self.sampler.sync_weights(self.trainer) or {}
+        with self.blame("sampler", self.sampler.name, "sync_weights", step):
+            sync_metrics = self.sampler.sync_weights(self.trainer) or {}
         t5 = time.perf_counter()
 
         mask = rollout.completion_mask
@@ -256,14 +288,25 @@ class _Run:
 
 
 def train(
-    config: RunConfig, *, resume: bool = False, registry: Registry | None = None, progress: bool = True
+    config: RunConfig, *, resume: bool = False, allow_config_change: bool = False, registry: Registry | None = None,
+    progress: bool = True,
 ) -> RunResult:
-    """Validate ``config`` completely, then train; returns the run folder and per-step metrics."""
+    """Validate ``config`` completely, then train; returns the run folder and per-step metrics.
+
+    The run folder is locked for the whole run (:mod:`rlgen.run_lock`): a second run on it stops
+    with :class:`rlgen.run_lock.RunFolderInUse` before writing anything. A resume must use the
+    run's config up to harmless keys (:mod:`rlgen.resume_config`), unless ``allow_config_change``.
+    """
     prepared = session.prepare(config, registry)
     out = Path(config.run.output_dir)
-    if not resume and checkpoints.latest_checkpoint(out / "checkpoints") is not None:
-        raise ConfigError(
-            f"{config.origin}: run.output_dir {out} already holds checkpoints; pass --resume to continue, "
-            "or choose another folder"
-        )
-    return _Run(prepared, progress).run(resume)
+    rank, _ = distributed_env()
+    with run_lock.hold(out, rank=rank):
+        latest = checkpoints.latest_checkpoint(out / "checkpoints")
+        if not resume and latest is not None:
+            raise ConfigError(
+                f"{config.origin}: run.output_dir {out} already holds checkpoints; pass --resume to continue, "
+                "or choose another folder"
+            )
+        if resume and rank == 0:
+            check_resume_config(config, out, allow_change=allow_config_change, step=latest[0] if latest else None)
+        return _Run(prepared, progress).run(resume)

@@ -17,10 +17,13 @@ from pathlib import Path
 from typing import Iterator
 
 from .config import RunConfig, RunPlan, plan_run
-from .data import PromptSource, read_records
+from .data import PromptSource, read_records, read_rows, rename_fields
 from .discovery import Registry, registry as discover
 from .errors import ConfigError
-from .interfaces import Plugin, RewardProvider, RunContext
+from .interfaces import Plugin, RewardProvider, RunContext, Sampler
+from .logs import get_logger
+
+log = get_logger("rlgen.session")
 
 #: where builtin models and data are materialised when neither run.cache_dir nor this is set: ~/.cache/rlgen
 CACHE_ENV = "RLGEN_CACHE_DIR"
@@ -47,12 +50,71 @@ def build_prompt_source(config: RunConfig, registry: Registry) -> PromptSource:
         path = Path(data.path)
     if not template:
         raise ConfigError(f"{config.origin}: data.prompt_template is required for {data.path}")
-    records = read_records(path, fields)
+    rows = read_rows(path)
     if data.limit:
-        records = records[: data.limit]
-    return PromptSource(
-        records, template, data.prompts_per_step, config.run.seed, system_prompt, data.shuffle, origin=config.origin
-    )
+        rows = rows[: data.limit]
+    records = rename_fields(path, rows, fields)
+    return PromptSource(records, template, data.prompts_per_step, config.run.seed, system_prompt, data.shuffle,
+                        origin=str(path), lines=[line for line, _ in rows])
+
+
+def check_output_dir(config: RunConfig) -> None:
+    """``run.output_dir`` must be a folder or not exist yet (it is created when the run starts)."""
+    out = Path(config.run.output_dir)
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                what = "is a file" if folder == out else f"is inside {folder}, which is a file"
+                raise ConfigError(f"{config.origin}: run.output_dir {out} {what}, not a folder; choose another run.output_dir")
+            return
+
+
+def check_model(config: RunConfig, plan: RunPlan, registry: Registry) -> Sampler:
+    """The configured sampler (built, not set up), after it checked the model and tokenizer it would load."""
+    sampler: Sampler = plan.sampler.build()  # type: ignore[assignment]
+    try:
+        sampler.check(run_context(config, registry, Path(config.run.output_dir)))
+    except ConfigError as exc:
+        raise ConfigError(f"{config.origin}: {exc}") from None
+    return sampler
+
+
+def check_prompt_lengths(config: RunConfig, sampler: Sampler, source: PromptSource, registry: Registry) -> None:
+    """Apply ``data.long_prompts`` to prompts longer than the limit: refuse them, drop them from
+    ``source`` (with a count), or leave them to the sampler to truncate."""
+    data = config.data
+    context = run_context(config, registry, Path(config.run.output_dir))
+    model_limit = sampler.max_prompt_tokens(context)
+    limits = [(n, why) for n, why in ((data.max_prompt_tokens, "data.max_prompt_tokens"),
+                                      (model_limit, f"the model's context less the sampler's completion budget"))
+              if n is not None]
+    if not limits:
+        return
+    limit, why = min(limits)
+    counts = sampler.prompt_token_counts(context, [source.prompt(r) for r in source.records])
+    if counts is None:
+        if data.max_prompt_tokens is not None:
+            raise ConfigError(f"{config.origin}: data.max_prompt_tokens: sampler '{sampler.name}' cannot count prompt "
+                              "tokens, so the limit cannot be applied; remove it or use a sampler that can (hf)")
+        return
+    over = [i for i, n in enumerate(counts) if n > limit]
+    if not over:
+        return
+    shown = ", ".join(f"{source.lines[i]} ({counts[i]} tokens)" for i in over[:5]) + (", ..." if len(over) > 5 else "")
+    what = f"{len(over)} of {len(counts)} prompts are longer than {limit} tokens ({why}): line{'s' if len(over) > 1 else ''} {shown}"
+    if data.long_prompts == "error":
+        raise ConfigError(f"{source.origin}: {what}; shorten them, or set data.long_prompts to skip or truncate")
+    if data.long_prompts == "skip":
+        if len(over) == len(counts):
+            raise ConfigError(f"{source.origin}: {what}; data.long_prompts: skip would leave no prompts")
+        dropped = set(over)
+        source.records = [r for i, r in enumerate(source.records) if i not in dropped]
+        source.lines = [n for i, n in enumerate(source.lines) if i not in dropped]
+        log.warning("skipping long prompts (data.long_prompts: skip)", data=source.origin, skipped=len(over),
+                    kept=len(source.records), limit=limit)
+    else:
+        log.info("long prompts will be truncated to their last tokens (data.long_prompts: truncate)",
+                 data=source.origin, prompts=len(over), limit=limit)
 
 
 @dataclass
@@ -66,18 +128,41 @@ class PreparedRun:
 
 
 def prepare(config: RunConfig, registry: Registry | None = None) -> PreparedRun:
-    """Everything `rlgen validate` checks: plugins, params, data and template."""
+    """Everything `rlgen validate` checks, writing nothing: plugins, params, the run folder's
+    place, the model and tokenizer files, data, template and prompt lengths."""
     registry = registry or discover()
     plan = plan_run(config, registry)
-    return PreparedRun(config, plan, build_prompt_source(config, registry), registry)
+    check_output_dir(config)
+    source = build_prompt_source(config, registry)
+    sampler = check_model(config, plan, registry)
+    check_prompt_lengths(config, sampler, source, registry)
+    return PreparedRun(config, plan, source, registry)
 
 
 def with_policy(config: RunConfig, policy: str | None, registry: Registry | None = None) -> tuple[RunConfig, RunPlan, Registry]:
     """The config with ``model.path`` pointing at ``policy`` (when given), its validated plan, and the registry."""
     if policy:
+        check_policy_exists(policy)
         config = config.model_copy(update={"model": config.model.model_copy(update={"path": policy})})
     registry = registry or discover()
-    return config, plan_run(config, registry), registry
+    plan = plan_run(config, registry)
+    if policy:
+        try:
+            check_model(config, plan, registry)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (model.path set by --policy)") from None
+    return config, plan, registry
+
+
+def _looks_like_a_path(spec: str) -> bool:
+    """A spec a hub id could not be: absolute, relative to here (./ ../ ~), or more than one '/'."""
+    return spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or "\\" in spec
+
+
+def check_policy_exists(policy: str) -> None:
+    """``--policy`` that is meant as a local path must exist (hub ids and builtin:NAME are the sampler's to check)."""
+    if not policy.startswith("builtin:") and _looks_like_a_path(policy) and not Path(policy).expanduser().exists():
+        raise ConfigError(f"--policy {policy} does not exist (a run's policy folder, a model folder, an HF model id, or builtin:NAME)")
 
 
 def contexts_source(config: RunConfig, registry: Registry, data: str | None, split: str | None) -> PromptSource:

@@ -22,8 +22,11 @@ import rlgen
 from .cache import CACHE_ENV, default_cache_dir
 from .loading import (
     BUILTIN_PREFIX,
+    TOKENIZER_FILES,
     builtin_model_names,
+    check_model_folder,
     load_causal_lm,
+    load_checked_tokenizer,
     load_embedder,
     load_tokenizer,
     resolve_builtin_model,
@@ -41,9 +44,12 @@ def rlgen_builtin_model(name: str, cache_dir: Path) -> Path | None:
 __all__ = [
     "BUILTIN_PREFIX",
     "CACHE_ENV",
+    "TOKENIZER_FILES",
     "builtin_model_names",
+    "check_model_folder",
     "default_cache_dir",
     "load_causal_lm",
+    "load_checked_tokenizer",
     "load_embedder",
     "load_tokenizer",
     "resolve_builtin_model",

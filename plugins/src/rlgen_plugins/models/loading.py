@@ -8,12 +8,13 @@ id loaded the ordinary way. ``trust_remote_code`` stays off unless the caller tu
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from rlgen import PluginError
+from rlgen import ConfigError, PluginError
 
 from .cache import default_cache_dir
 
@@ -161,3 +162,40 @@ def load_embedder(
     return SentenceTransformer(
         resolve_model_path(path, cache_dir), device=str(device), trust_remote_code=trust_remote_code
     )
+
+
+#: files one of which a folder needs for AutoTokenizer to load (fast, sentencepiece, BPE, WordPiece)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
+
+
+def check_model_folder(path: str, key: str, *, model: bool = True, tokenizer: bool = True) -> None:
+    """Raise ConfigError naming ``key`` when ``path`` (a resolved spec) is a local path that cannot
+    be a model: missing, a file, (with ``model``) no ``config.json``, (with ``tokenizer``) no tokenizer files.
+    A spec that is no local path is a hub id; :func:`load_checked_tokenizer` finds out whether it loads."""
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        if str(path).startswith(("/", ".", "~")) or str(path).count("/") > 1:
+            raise ConfigError(f"{key} {path}: no such folder (a model folder, an HF model id, or builtin:NAME)")
+        return
+    if not folder.is_dir():
+        raise ConfigError(f"{key} {path}: is a file, not a model folder")
+    if model and not (folder / "config.json").is_file():
+        raise ConfigError(f"{key} {path}: the folder has no config.json, so it is not a Hugging Face model folder")
+    if tokenizer and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise ConfigError(f"{key} {path}: the folder has no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
+                          "copy them from the base model, or point model.tokenizer at them")
+
+
+def load_checked_tokenizer(path: str, key: str, trust_remote_code: bool = False) -> Any:
+    """The tokenizer of ``path`` (a resolved spec), or a ConfigError naming ``key`` that says why it does not load."""
+    check_model_folder(path, key, model=False)
+    folder = Path(path).expanduser()
+    try:
+        return load_tokenizer(path, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # OSError, HF id validation, sentencepiece: each means the same to the user
+        text = str(exc).strip()
+        reason = f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+        offline = ""
+        if not folder.exists() and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+            offline = " (it is not a local folder, and HF_HUB_OFFLINE is set: only models already in the Hugging Face cache load)"
+        raise ConfigError(f"{key} {path}: its tokenizer does not load{offline}; {reason}") from None

@@ -134,9 +134,12 @@ class EncodedPrompts:
         return self.attention_mask.repeat_interleave(self.group_size, dim=0).bool()
 
 
-def encode_prompts(tokenizer: Any, rendered: list[str], group_size: int, chat: bool) -> EncodedPrompts:
-    """Tokenise rendered prompts (left padding is the tokenizer's); a chat template brings its own special tokens."""
-    enc = tokenizer(rendered, padding=True, return_tensors="pt", add_special_tokens=not chat)
+def encode_prompts(tokenizer: Any, rendered: list[str], group_size: int, chat: bool, **tokenizer_args: Any) -> EncodedPrompts:
+    """Tokenise rendered prompts (left padding is the tokenizer's); a chat template brings its own special tokens.
+
+    ``tokenizer_args`` go to the tokenizer call (e.g. truncation to ``data.max_prompt_tokens``).
+    """
+    enc = tokenizer(rendered, padding=True, return_tensors="pt", add_special_tokens=not chat, **tokenizer_args)
     return EncodedPrompts(rendered, enc["input_ids"], enc["attention_mask"], group_size)
 
 

@@ -27,7 +27,7 @@ import torch
 import rlgen
 from rlgen import PluginError
 
-from ..models import load_causal_lm, load_tokenizer
+from ..models import check_model_folder, load_causal_lm, load_checked_tokenizer, load_tokenizer
 from .completions import assemble, build_rollout, encode_prompts
 from .decode_loop import LlamaDecoder, decode, unsupported_reason
 from .postprocess import PostProcessStep, build_postprocessor
@@ -107,6 +107,8 @@ class HFSampler(rlgen.Sampler):
         # packed decode weights of the sampler's own copy, by batch size; a shared trainer module
         # changes under us between calls, so its weights are packed afresh each call
         self._decoders: dict[int, LlamaDecoder] = {}
+        self._checked_tokenizer: Any = None  # loaded by check(), before setup
+        self._truncation: dict[str, Any] = {}  # tokenizer arguments of data.long_prompts: truncate
 
     # -- setup and weights --------------------------------------------------------------------
 
@@ -121,6 +123,7 @@ class HFSampler(rlgen.Sampler):
         if self._device().type == "cpu":
             torch.set_num_threads(self.params.threads or context.threads)
         self.tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=self._trust_remote_code, padding_side="left")
+        self._truncation = self._prompt_truncation(context)
 
     def _device(self) -> torch.device:
         if self.params.device == "auto":
@@ -244,7 +247,8 @@ class HFSampler(rlgen.Sampler):
         device = next(model.parameters()).device
         p = self.params
         chat = p.chat_template and bool(getattr(self.tokenizer, "chat_template", None))
-        encoded = encode_prompts(self.tokenizer, [self.render(pr) for pr in prompts], group_size, chat)
+        encoded = encode_prompts(self.tokenizer, [self.render(pr) for pr in prompts], group_size, chat,
+                                 **self._truncation)
         prompt_ids, prompt_mask = encoded.prompt_ids, encoded.prompt_mask
         seeds = sample_seeds(seed, len(prompts), group_size)
         eos_ids = self._eos_ids(model)
@@ -301,3 +305,51 @@ class HFSampler(rlgen.Sampler):
                 "decode": "loop" if use_loop else "generate",
             },
         )
+
+    # -- checks before the run (rlgen validate, train): files and tokenizer, no weights -------
+
+    def _model_key(self, context: rlgen.RunContext) -> tuple[str, str]:
+        return ("sampler.params.model", self.params.model) if self.params.model else ("model.path", context.config.model.path)
+
+    def check(self, context: rlgen.RunContext) -> None:
+        """The model folder exists with config.json, and the tokenizer loads (offline: from a folder or the HF cache)."""
+        key, spec = self._model_key(context)
+        model_path = context.resolve_model(spec)
+        tokenizer_spec = context.config.model.tokenizer
+        check_model_folder(model_path, key, tokenizer=not tokenizer_spec)
+        tok_key, tok_path = ("model.tokenizer", context.resolve_model(tokenizer_spec)) if tokenizer_spec else (key, model_path)
+        self._checked_tokenizer = load_checked_tokenizer(tok_path, tok_key, trust_remote_code=context.config.model.trust_remote_code)
+
+    def max_prompt_tokens(self, context: rlgen.RunContext) -> int | None:
+        """The model's ``max_position_embeddings`` less ``max_new_tokens``; None when its config does not say."""
+        from transformers import AutoConfig
+
+        try:
+            model_config = AutoConfig.from_pretrained(context.resolve_model(self._model_key(context)[1]),
+                                                      trust_remote_code=context.config.model.trust_remote_code)
+        except Exception:  # check() reports unloadable models; without a config the limit is unknown
+            return None
+        positions = getattr(model_config, "max_position_embeddings", None)
+        return max(int(positions) - self.params.max_new_tokens, 0) if positions else None
+
+    def prompt_token_counts(self, context: rlgen.RunContext, prompts: list[rlgen.Prompt]) -> list[int] | None:
+        """Tokens of each prompt as ``generate`` renders and encodes it."""
+        tokenizer = self.tokenizer or self._checked_tokenizer
+        if tokenizer is None:
+            self.check(context)
+            tokenizer = self._checked_tokenizer
+        chat = self.params.chat_template and bool(getattr(tokenizer, "chat_template", None))
+        rendered = [render_prompt(tokenizer, p, self.params.chat_template, self.params.chat_template_kwargs) for p in prompts]
+        return [len(ids) for ids in tokenizer(rendered, add_special_tokens=not chat, verbose=False)["input_ids"]]
+
+    def _prompt_truncation(self, context: rlgen.RunContext) -> dict[str, Any]:
+        """With ``data.long_prompts: truncate``, encode prompts to at most the limit, keeping their end
+        (the turn the model answers, the chat template's generation prompt)."""
+        data = context.config.data
+        if data.long_prompts != "truncate":
+            return {}
+        limits = [n for n in (data.max_prompt_tokens, self.max_prompt_tokens(context)) if n]
+        if not limits:
+            return {}
+        self.tokenizer.truncation_side = "left"
+        return {"truncation": True, "max_length": min(limits)}

@@ -10,7 +10,8 @@ import pluggy
 from .advantage import broadcast_to_tokens, group_normalize
 from .discovery import Registry, registry
 from .hookspecs import PROJECT_NAME
-from .errors import ConfigError, PluginError, RlgenError
+from .checkpoints import load_tensors
+from .errors import CheckpointError, ConfigError, PluginError, RlgenError
 from .interfaces import AdvantageCombiner, Callback, Params, Plugin, Prompt, RewardProvider, RunContext, Sampler, Trainer
 from .reward import Granularity, RewardResult
 from .rollout import Rollout, token_char_offsets
@@ -22,6 +23,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 __all__ = [
     "AdvantageCombiner",
     "Callback",
+    "CheckpointError",
     "ConfigError",
     "Granularity",
     "Params",
@@ -39,6 +41,7 @@ __all__ = [
     "broadcast_to_tokens",
     "group_normalize",
     "hookimpl",
+    "load_tensors",
     "registry",
     "token_char_offsets",
 ]

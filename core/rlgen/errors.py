@@ -16,3 +16,7 @@ class ConfigError(RlgenError):
 
 class PluginError(RlgenError):
     """A plugin is missing, duplicated, failed to import, or broke a data contract."""
+
+
+class CheckpointError(RlgenError):
+    """A checkpoint file is damaged, or holds something a safe load refuses (pickled code)."""

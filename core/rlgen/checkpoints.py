@@ -72,8 +72,9 @@ def load_tensors(path: Path | str, *, map_location: Any = None, allowed_globals:
         with torch.serialization.safe_globals(list(allowed_globals)):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        # torch's message names the offending global on its "Unsupported global" line
-        detail = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported" in ln), str(exc).splitlines()[0])
+        # torch names the offending callable as "GLOBAL module.name"; its advice to allow-list it is not for users
+        asked = re.search(r"GLOBAL (\S+)", str(exc))
+        detail = f"Unsupported global: {asked.group(1)}" if asked else str(exc).splitlines()[0]
         raise CheckpointError(
             f"{path}: refused to load: the file asks to run code or build objects outside the safe allow-list "
             f"({detail}); it was not written by rlgen as it is now, or was tampered with"

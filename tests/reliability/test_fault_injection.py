@@ -1,8 +1,8 @@
 """kill -9 at seeded random moments, resume each time: the run ends bitwise equal to an uninterrupted one.
 
-Five kills land at random points (a random step, then a random fraction of a step later: in
-sampling, training, a metrics write or a checkpoint write), and one more lands for certain inside
-a checkpoint write (as soon as a ``step-NNNNNN.tmp`` folder appears). Every restart is the real
+One kill lands for certain inside a checkpoint write (as soon as a ``step-NNNNNN.tmp`` folder
+appears), then five at random points (after a random 1-2 new steps, then a random 0-0.15 s
+more: in sampling, training, a metrics write or a checkpoint write). Every restart is the real
 CLI with ``--resume``; the last one runs to the end.
 """
 
@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from conftest import cli_env, comparable, rlgen_cli, rlgen_cmd, tiny_config, write_yaml
 
-STEPS = 12
+STEPS = 20
 SEED = 14
 RANDOM_KILLS = 5
 
@@ -37,6 +37,20 @@ def last_logged_step(run: Path) -> int:
         except (ValueError, KeyError):
             continue  # a line being written right now
     return 0
+
+
+def resumable_step(run: Path) -> int:
+    """The step the next --resume starts after: the newest renamed checkpoint (all intact here)."""
+    steps = [int(p.name[5:]) for p in (run / "checkpoints").glob("step-*") if not p.name.endswith(".tmp")]
+    return max(steps, default=0)
+
+
+def logged_since(run: Path, since: float) -> bool:
+    """metrics.jsonl was rewritten by the process started at ``since`` (resume replaces it by a rename)."""
+    try:
+        return (run / "metrics.jsonl").stat().st_ctime >= since
+    except OSError:
+        return False
 
 
 def writing_checkpoint(run: Path, since: float) -> bool:
@@ -83,19 +97,21 @@ def test_sigkill_at_random_moments_then_resume_equals_the_uninterrupted_run(tmp_
     run = tmp_path / "killed"
     config = write_yaml(tiny_config(tmp_path, run, steps=STEPS), tmp_path / "killed.yaml")
     rng = random.Random(SEED)
-    # (step to reach, seconds after it): increasing steps, so every restart has work left to kill
-    moments = [(s, rng.uniform(0.0, 0.25)) for s in sorted(rng.sample(range(1, STEPS - 1), RANDOM_KILLS))]
+    # (new steps this restart logs, then seconds more): the 5 kills leave steps for the last restart
+    moments = [(rng.randint(1, 2), rng.uniform(0.0, 0.15)) for _ in range(RANDOM_KILLS)]
     kills = []
-    for target, delay in moments:
-        since = time.time() - 0.01
-        proc = start(config, tmp_path)
-        assert kill_when(proc, lambda: last_logged_step(run) >= target, delay), proc.stderr.read().decode()[-3000:]
-        kills.append((target, round(delay, 3), writing_checkpoint(run, since)))
     since = time.time() - 0.01
     proc = start(config, tmp_path)
     assert kill_when(proc, lambda: writing_checkpoint(run, since)), proc.stderr.read().decode()[-3000:]
-    assert writing_checkpoint(run, since), "the last kill was meant to land inside a checkpoint write"
+    assert writing_checkpoint(run, since), "this kill was meant to land inside a checkpoint write"
     kills.append(("checkpoint write", 0.0, True))
+    for ahead, delay in moments:
+        target = resumable_step(run) + ahead
+        since = time.time() - 0.01
+        proc = start(config, tmp_path)
+        assert kill_when(proc, lambda: logged_since(run, since) and last_logged_step(run) >= target, delay), \
+            proc.stderr.read().decode()[-3000:]
+        kills.append((target, round(delay, 3), writing_checkpoint(run, since)))
 
     final = start(config, tmp_path)
     _, err = final.communicate(timeout=600)

@@ -23,7 +23,8 @@ from .cli import run_cli
 from .config import RunConfig, apply_override, load_config
 from .data import BuiltinDataset, field_text, read_records
 from .discovery import Registry, registry
-from .errors import ConfigError, PluginError, RlgenError
+from .checkpoints import load_tensors
+from .errors import CheckpointError, ConfigError, PluginError, RlgenError
 from .evaluate import BOOTSTRAP_SAMPLES, EvalResult, evaluate_policy, load_evaluation, summarize, write_evaluation
 from .hookspecs import PROJECT_NAME
 from .interfaces import AdvantageCombiner, Callback, Params, Plugin, Prompt, RewardProvider, RunContext, Sampler, Trainer
@@ -43,6 +44,7 @@ __all__ = [
     "AdvantageCombiner",
     "BuiltinDataset",
     "Callback",
+    "CheckpointError",
     "ConfigError",
     "EvalResult",
     "Granularity",
@@ -73,6 +75,7 @@ __all__ = [
     "hookimpl",
     "load_config",
     "load_evaluation",
+    "load_tensors",
     "read_records",
     "registry",
     "reward_terms",

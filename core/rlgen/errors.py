@@ -28,3 +28,7 @@ class PluginFault(RlgenError):
     def __init__(self, message: str, *, kind: str, plugin: str, hook: str, step: int, log_file: str) -> None:
         super().__init__(message)
         self.kind, self.plugin, self.hook, self.step, self.log_file = kind, plugin, hook, step, log_file
+
+
+class CheckpointError(RlgenError):
+    """A checkpoint file is damaged, or holds something a safe load refuses (pickled code)."""

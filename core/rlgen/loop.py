@@ -20,14 +20,14 @@ from typing import Any, Iterator
 import torch
 import tqdm
 
-from . import checkpoints, run_lock, session
-from .resume_config import check_resume_config
+from . import checkpoints, metrics_log, run_lock, session
 from .advantage import check_advantages
 from .config import RunConfig
 from .discovery import Registry
-from .errors import ConfigError, PluginFault, RlgenError
+from .errors import CheckpointError, ConfigError, PluginFault, RlgenError
 from .evaluate import evaluate_policy
 from .interfaces import Plugin, RewardProvider
+from .resume_config import check_resume_config
 from .logs import get_logger
 from .reward import RewardResult, check_reward_result
 from .seeding import seed_everything, step_seed
@@ -114,11 +114,22 @@ class _Run:
         return final
 
     def restore(self) -> int:
-        found = checkpoints.latest_checkpoint(self.ckpt_root)
-        if found is None:
+        """Load the newest intact checkpoint (rank 0 verifies it against its manifest and picks it for all ranks)."""
+        choice = 0
+        if self.context.is_main:
+            try:
+                found = checkpoints.newest_intact(self.ckpt_root, warn=log.warning)
+            except CheckpointError:
+                checkpoints.agree_across_ranks(-1)
+                raise
+            choice = found[0] if found else 0
+        step = checkpoints.agree_across_ranks(choice)
+        if step < 0:
+            raise CheckpointError(f"rank {self.rank}: rank 0 found no intact checkpoint in {self.ckpt_root}")
+        if step == 0:
             log.info("no checkpoint to resume from; starting at step 1", folder=str(self.ckpt_root))
             return 0
-        step, folder = found
+        folder = checkpoints.step_dir(self.ckpt_root, step)
         loop_state, states = checkpoints.load(folder)
         self.trainer.load_checkpoint(folder / "trainer")
         for key, plugin in self._stateful().items():
@@ -239,10 +250,9 @@ class _Run:
         metrics_path = self.output_dir / "metrics.jsonl"
         history: list[dict[str, float]] = []
         if self.context.is_main:
-            kept = []
-            if resume and metrics_path.exists():  # drop lines past the checkpoint we resumed from
-                kept = [ln for ln in metrics_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= start]
-            metrics_path.write_text("".join(ln + "\n" for ln in kept))
+            # resuming keeps the lines up to the checkpoint; a torn last line (power loss) is trimmed
+            kept = metrics_log.read_until(metrics_path, start, warn=log.warning) if resume else []
+            metrics_log.rewrite(metrics_path, kept)
         bar = tqdm.tqdm(total=cfg.run.steps, initial=start, desc="train", unit="step",
                         disable=not (self.progress and self.context.is_main), dynamic_ncols=True)
         metrics: dict[str, float] = {}

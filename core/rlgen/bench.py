@@ -45,6 +45,9 @@ class BenchResult:
     completion_tokens_per_step: float = 0.0
     tokens_per_s: float = 0.0
     peak_rss_mb: float = 0.0
+    #: torch.cuda.max_memory_allocated over the whole run (warm-up included), None without CUDA
+    peak_gpu_mb: float | None = None
+    device: str = "cpu"
     wall_s: float = 0.0
     step_s: list[float] = field(default_factory=list)
 
@@ -61,6 +64,8 @@ class BenchResult:
             lines.append(f"  {key:<32} {value:8.3f} s")
         lines.append(f"completion tokens/step {self.completion_tokens_per_step:.1f}; {self.tokens_per_s:.1f} tokens/s; "
                      f"peak RSS {self.peak_rss_mb:.0f} MB; wall {self.wall_s:.1f} s")
+        if self.peak_gpu_mb is not None:
+            lines.append(f"device {self.device}; peak GPU memory allocated {self.peak_gpu_mb:.0f} MB")
         return "\n".join(lines)
 
 
@@ -79,9 +84,13 @@ def run_bench(config: RunConfig, *, steps: int = 5, warmup: int = 1, output_dir:
                                             "save_final": False})
         eval_section = config.eval.model_copy(update={"every": 0})
         cfg = config.model_copy(update={"run": run, "eval": eval_section})
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         result = train(cfg, progress=False)
         wall = time.perf_counter() - t0
+        peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     rows = result.metrics[warmup:]
     keys = [k for k in LOOP_PHASES if k in rows[0]]
     keys += sorted(k for k in rows[0] if k.startswith("trainer/time/"))
@@ -97,6 +106,7 @@ def run_bench(config: RunConfig, *, steps: int = 5, warmup: int = 1, output_dir:
         tokens_per_s=tokens * batch / median_step if median_step > 0 else 0.0,
         # ru_maxrss is in KiB on Linux: the whole process, models, optimizer states and all
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        peak_gpu_mb=peak_gpu, device=torch.cuda.get_device_name() if cuda else "cpu",
         wall_s=wall, step_s=step_times,
     )
 

@@ -27,7 +27,9 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     path: str = Field("builtin:tiny-llama", description="builtin:NAME, a Hugging Face model id, or a local folder")
     tokenizer: str | None = Field(None, description="tokenizer id or folder; defaults to the model's")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "float32", description="weights dtype; auto: bfloat16 on a CUDA device that supports it, else float32 (docs/gpu.md)"
+    )
     trust_remote_code: bool = Field(False, description="allow model code from the model folder; off unless you trust it")
 
 

@@ -22,6 +22,7 @@ import tqdm
 
 from . import checkpoints, metrics_log, run_lock, session
 from .advantage import check_advantages
+from .compute import detect_compute
 from .config import RunConfig
 from .discovery import Registry
 from .errors import CheckpointError, ConfigError, PluginFault, RlgenError
@@ -235,6 +236,10 @@ class _Run:
             (self.output_dir / "config.yaml").write_text(
                 __import__("yaml").safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
             )
+        compute = detect_compute(cfg.model.dtype)
+        # one line that says where this run computes: what `auto` resolved to here, and the CPU threads
+        log.info("compute", device=compute.device, dtype=compute.dtype, requested_dtype=cfg.model.dtype,
+                 threads=self.context.threads, world_size=self.context.world_size)
         log.info("setting up plugins", trainer=self.plan.trainer.name, sampler=self.plan.sampler.name,
                  advantage=self.plan.advantage.name, rewards=list(self.rewards))
         self.trainer.setup(self.context)

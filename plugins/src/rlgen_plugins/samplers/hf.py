@@ -118,7 +118,8 @@ class HFSampler(rlgen.Sampler):
         self._model_path = context.resolve_model(spec)
         tokenizer_spec = getattr(config.model, "tokenizer", None)
         tokenizer_path = context.resolve_model(tokenizer_spec) if tokenizer_spec else self._model_path
-        self._dtype = self.params.dtype or config.model.dtype
+        # model.dtype auto: bfloat16 on a CUDA device that supports it, float32 on the CPU (rlgen.choose_compute)
+        self._dtype = self.params.dtype or rlgen.detect_compute(config.model.dtype, self.params.device).dtype
         self._trust_remote_code = bool(config.model.trust_remote_code)
         if self._device().type == "cpu":
             torch.set_num_threads(self.params.threads or context.threads)

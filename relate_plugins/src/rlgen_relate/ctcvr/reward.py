@@ -52,7 +52,8 @@ class CtcvrReward(rlgen.RewardProvider):
         )
         batch_size: int = Field(64, ge=1, description="texts per embedder forward pass")
         context_cache_size: int = Field(4096, ge=0, description="how many context-field embeddings to keep")
-        device: str = Field("cpu", description="torch device for the embedder and the model")
+        device: str = Field("auto", description="torch device for the embedder and the model: cpu, cuda, cuda:N, "
+                            "or auto (cuda when available)")
 
     def __init__(self, params: rlgen.Params | None = None) -> None:
         super().__init__(params)
@@ -67,7 +68,7 @@ class CtcvrReward(rlgen.RewardProvider):
                 folder,
                 embedder_spec=p.embedder,
                 resolver=context.resolve_model,
-                device=p.device,
+                device=p.device if p.device != "auto" else rlgen.detect_compute(device="auto").device,
                 embed_batch_size=p.batch_size,
             )
         except rlgen.RlgenError as exc:

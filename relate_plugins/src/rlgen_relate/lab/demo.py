@@ -5,7 +5,7 @@ diverse pool of candidate ads and log impressions, (c) train the CTCVR reward mo
 the base policy on held-out contexts, (e) train it with the RELATE preset (all seven rewards, ``relate.credit``,
 ``relate.grpo``, G = 5), (f) evaluate the trained policy against the base, and (g) write plots, sample ads and a
 report. Every stage calls the same code as its own command (``rlgen-relate ctcvr train``, ``rlgen train``,
-``rlgen eval``), in-process; the stages' sizes are a :class:`Schedule` (``FULL`` and ``QUICK`` are shipped).
+``rlgen eval``), in-process; the stages' sizes are a :class:`Schedule` (``FULL``, ``QUICK`` and ``GPU`` are shipped).
 
 The reward model sees only the simulator's logs, never its internals, so the report's gap between predicted
 and simulator CTCVR is an honest reward-hacking indicator.
@@ -88,6 +88,25 @@ QUICK = Schedule(
     overrides=("trainer.params.lora=null", "trainer.params.learning_rate=1.0e-3", "sampler.params.max_new_tokens=32"),
     expected="about 2-4 minutes on 2 CPU cores (tiny random Llama: the numbers show the plumbing, not learning)",
 )
+
+# --schedule gpu: the full demo's pipeline at GPU scale (issue 15): 160 steps of 8 prompts x G=5 with the KL term
+# on, bf16 where the GPU supports it (model.dtype auto) and the CTCVR reward on the GPU (its device auto). Its
+# sampler generates 40 tokens for each of the 40 rows at once, where a CPU pays per row.
+GPU = Schedule(
+    name="gpu",
+    model="builtin:smollm2-135m-instruct",
+    log_contexts=300,
+    impressions_per_context=2000,
+    ctcvr_epochs=30,
+    steps=160,
+    eval_contexts=128,
+    samples_per_context=1,
+    overrides=("model.dtype=auto", "data.prompts_per_step=8", "trainer.params.beta=0.04",
+               "trainer.params.micro_batch_size=40"),
+    expected="not measured on a GPU yet (docs/gpu.md); sized for about 5 minutes on an H100",
+)
+
+SCHEDULES = {s.name: s for s in (FULL, QUICK, GPU)}
 
 
 def _echo(msg: str) -> None:
@@ -409,7 +428,10 @@ The same eval contexts and sampling seeds; every pair is in `ads_before_after.js
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    schedule = (QUICK if args.quick else FULL).replace_given(steps=args.steps, eval_contexts=args.eval_contexts)
+    if args.quick and args.schedule not in (None, "quick"):
+        raise SystemExit(f"rlgen-relate demo: --quick and --schedule {args.schedule} ask for two schedules; give one")
+    base = SCHEDULES[args.schedule] if args.schedule else (QUICK if args.quick else FULL)
+    schedule = base.replace_given(steps=args.steps, eval_contexts=args.eval_contexts)
     record = run_demo(args.out, model=args.model, schedule=schedule, seed=args.seed, progress=not args.no_progress)
     return 0 if record.get("status") == "done" else 1
 
@@ -423,6 +445,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="demo folder (default: runs/demo)")
     p.add_argument("--quick", action="store_true", help=f"a few minutes on {QUICK.model} (plumbing, not learning)")
+    p.add_argument("--schedule", choices=sorted(SCHEDULES),
+                   help="stage sizes: full (default), quick (= --quick), gpu (160 steps of 8 prompts x G=5, KL on, bf16; docs/gpu.md)")
     p.add_argument("--model", help=f"policy model (default: {FULL.model}; with --quick: {QUICK.model})")
     p.add_argument("--steps", type=int, help="RELATE training steps (default: the schedule's)")
     p.add_argument("--eval-contexts", type=int, help="eval contexts (default: the schedule's)")

@@ -105,6 +105,12 @@ def test_whole_pipeline_at_toy_scale(tmp_path):
                 "relate/diversity", "reward/relate.relevance"):
         assert key in base["summary"] and key in trained["summary"]
     assert "baseline" in trained["summary"]["relate/pred_ctcvr"]  # compared with the base (Eq. 10)
+    # distinct-2 and self-BLEU come with CIs and paired differences; compliance per vertical of the contexts
+    for key in ("relate/distinct_2", "relate/self_bleu", "relate/fluent_rate"):
+        assert {"ci_low", "ci_high", "diff", "diff_ci_low", "diff_ci_high"} <= set(trained["summary"][key])
+    verticals = {s["context"]["vertical"] for s in base["samples"]}
+    assert {f"relate/compliance_by_vertical/{v}" for v in verticals} <= set(trained["summary"])
+    assert len(base["weights"]["relate/distinct_2"]) == len(base["samples"])
     assert len(base["samples"]) == len(trained["samples"]) == 4
 
     for png in ("rewards.png", "training.png"):
@@ -113,9 +119,11 @@ def test_whole_pipeline_at_toy_scale(tmp_path):
     assert len(pairs) == 4 and {"context", "base", "trained"} == set(json.loads(pairs[0]))
     report = (out / "report.md").read_text()
     for section in ("## What was run", "## Does the trained policy beat the base?", "## Evaluation: base vs trained",
-                    "## Predicted vs simulator CTCVR", "## Training curves", "## Sample ads, before and after"):
+                    "## Compliance by vertical", "## Predicted vs simulator CTCVR", "## Training curves", "## Sample ads, before and after"):
         assert section in report
     assert "![rewards](plots/rewards.png)" in report and "| Compliance rate" in report
+    assert "| Fluent (no stutter or repeated phrase) |" in report and "no CI: one number per set" not in report
+    assert all(f"| {v} |" in report for v in verticals)
 
     # a second run into the same folder replaces the first instead of failing on its checkpoints
     again = run_demo(out, schedule=dataclasses.replace(TOY, steps=1), progress=False, echo=lines.append)

@@ -14,13 +14,15 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from rlgen import BOOTSTRAP_SAMPLES, EvalResult
+import rlgen
+from rlgen import EvalResult
 
 #: the evaluation metrics a reader looks at first, in report order: key, label, higher is better
 HEADLINE: list[tuple[str, str, bool]] = [
     ("relate/compliance_rate", "Compliance rate (Eq. 11: passes risk control and format)", True),
     ("relate/format_pass_rate", "Format pass rate", True),
     ("relate/risk_pass_rate", "Risk-control pass rate", True),
+    ("relate/fluent_rate", "Fluent (no stutter or repeated phrase)", True),
     ("relate/sim_ctcvr", "Simulator CTCVR (true p_click x p_conv)", True),
     ("relate/pred_ctcvr", "Predicted CTCVR (reward model)", True),
     ("relate/sim_ctr", "Simulator CTR", True),
@@ -165,7 +167,8 @@ def plot_curves_by_config(runs: dict[str, Sequence[dict[str, float]]], path: str
 # -- numbers ------------------------------------------------------------------------------------
 
 
-def _context_means(values: Sequence[float], group: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def context_means(values: Sequence[float], group: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(context ids, mean of the values of each context)``, contexts in id order."""
     v = torch.tensor(list(values), dtype=torch.float64)
     ids, inverse = torch.unique(torch.tensor(list(group)), return_inverse=True)
     sums = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, inverse, v)
@@ -180,17 +183,7 @@ def paired_difference(base: EvalResult, trained: EvalResult, key: str, *, seed: 
     The core's relative delta (Eq. 10) is undefined when the base is 0 (a base policy that never
     passes format); the absolute difference always is, so the verdicts below rest on it.
     """
-    if key not in base.per_sample or key not in trained.per_sample:
-        return None
-    b_ids, b = _context_means(base.per_sample[key], base.group)
-    t_ids, t = _context_means(trained.per_sample[key], trained.group)
-    if not torch.equal(b_ids, t_ids):
-        return None
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randint(len(t), (BOOTSTRAP_SAMPLES, len(t)), generator=gen)
-    diffs = (t[idx] - b[idx]).mean(dim=1)
-    lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
-    return {"diff": float((t - b).mean()), "ci_low": float(diffs.quantile(lo_q)), "ci_high": float(diffs.quantile(hi_q))}
+    return rlgen.paired_difference(trained, base, key, seed=seed, level=level)
 
 
 def verdict(diff: dict[str, float] | None, higher_is_better: bool) -> str:
@@ -239,12 +232,42 @@ def comparison_table(base: EvalResult, trained: EvalResult, keys: Iterable[tuple
             absolute = (f"{diff['diff'] * scale:+.3f}{unit} [{diff['ci_low'] * scale:+.3f}, "
                         f"{diff['ci_high'] * scale:+.3f}]")
             judged = verdict(diff, higher)
-        else:  # set-level numbers (distinct-2, self-BLEU) have no per-context values to resample
+        else:  # set-level numbers without per-completion contributions have nothing to resample
             d = t["mean"] - b["mean"]
             absolute = f"{d:+.3f}"
             judged = ("higher" if d > 0 else "lower" if d < 0 else "same") + " (no CI: one number per set)"
         lines.append(f"| {label} | {_fmt(key, b['mean'])}{_ci(key, b)} | {_fmt(key, t['mean'])}{_ci(key, t)} "
                      f"| {rel} | {absolute} | {judged} |")
+    return "\n".join(lines) + "\n"
+
+
+def vertical_compliance_section(base: EvalResult, trained: EvalResult, *, seed: int = 0) -> str:
+    """Markdown: compliance rate (Eq. 11) per vertical for base and trained, with the paired difference."""
+    from ..evaluation import COMPLIANCE_BY_VERTICAL
+
+    keys = sorted(k for k in trained.per_sample if k.startswith(COMPLIANCE_BY_VERTICAL) and k in base.per_sample)
+    if not keys:
+        return "The eval contexts carry no `vertical` field, so there is no per-vertical breakdown.\n"
+    lines = ["| vertical | contexts | base | trained | trained - base [95% CI] | verdict |",
+             "| --- | ---: | ---: | ---: | --- | --- |"]
+    worse, better = [], []
+    for key in keys:
+        vertical = key[len(COMPLIANCE_BY_VERTICAL):]
+        contexts = len({g for g, w in zip(trained.group, trained.weights.get(key, [])) if w > 0})
+        diff = paired_difference(base, trained, key, seed=seed)
+        if diff is None:
+            continue
+        judged = verdict(diff, True)
+        (better if "better" in judged else worse if "worse" in judged else []).append(vertical)
+        lines.append(f"| {vertical} | {contexts} | {base.summary[key]['mean']:.1%} | {trained.summary[key]['mean']:.1%} "
+                     f"| {diff['diff'] * 100:+.1f} pp [{diff['ci_low'] * 100:+.1f}, {diff['ci_high'] * 100:+.1f}] "
+                     f"| {judged} |")
+    lines.append("")
+    lines.append(f"Better with confidence in {len(better)} of {len(keys)} verticals"
+                 + (f" ({', '.join(better)})" if better else "")
+                 + f"; worse in {len(worse)}" + (f" ({', '.join(worse)})" if worse else "")
+                 + ". With a few contexts per vertical most intervals are wide: the table shows where compliance "
+                   "lags, the overall rate above is the verdict.")
     return "\n".join(lines) + "\n"
 
 

@@ -143,21 +143,44 @@ def plot_training(rows: Sequence[dict[str, float]], path: str | Path) -> Path:
 def plot_curves_by_config(runs: dict[str, Sequence[dict[str, float]]], path: str | Path,
                           title: str = "Training curves of individual rewards per configuration") -> Path:
     """Figure 3 analogue: one panel per reward, one line per configuration."""
-    names = [n for n in dict.fromkeys(n for rows in runs.values() for n in reward_names(rows)) if n != "total"]
+    return plot_curves_over_seeds({config: [rows] for config, rows in runs.items()}, path, title=title)
+
+
+def plot_curves_over_seeds(runs: dict[str, Sequence[Sequence[dict[str, float]]]], path: str | Path,
+                           title: str = "Training curves of individual rewards per configuration") -> Path:
+    """Figure 3 analogue over seeds: one panel per reward, per configuration the mean over its seeds' (smoothed)
+    curves with a band from the lowest to the highest seed at each step."""
+    names = [n for n in dict.fromkeys(n for seeds in runs.values() for rows in seeds for n in reward_names(rows))
+             if n != "total"]
     fig, axes = _grid(len(names))
-    longest = max((len(rows) for rows in runs.values()), default=1)
+    longest = max((len(rows) for seeds in runs.values() for rows in seeds), default=1)
     window = max(1, longest // 8)
+    n_seeds = max((len(seeds) for seeds in runs.values()), default=1)
     for ax, name in zip(axes, names):
-        for i, (config, rows) in enumerate(runs.items()):
-            steps, values = _series(rows, f"reward/{name}/mean")
-            if steps:
-                ax.plot(steps, _smooth(values, window), color=f"C{i}", lw=1.8, label=config)
+        for i, (config, seeds) in enumerate(runs.items()):
+            by_step: dict[int, list[float]] = {}
+            for rows in seeds:
+                steps, values = _series(rows, f"reward/{name}/mean")
+                for step, value in zip(steps, _smooth(values, window)):
+                    by_step.setdefault(step, []).append(value)
+            # only steps every seed reached, so the band is over the same seeds throughout
+            steps = sorted(s for s, v in by_step.items() if len(v) == len(seeds))
+            if not steps:
+                continue
+            mean = [sum(by_step[s]) / len(by_step[s]) for s in steps]
+            ax.plot(steps, mean, color=f"C{i}", lw=1.8, label=config)
+            if len(seeds) > 1:
+                ax.fill_between(steps, [min(by_step[s]) for s in steps], [max(by_step[s]) for s in steps],
+                                color=f"C{i}", alpha=0.18, lw=0)
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     if axes:
         axes[0].legend(fontsize=8)
-    fig.suptitle(title + (f" (moving mean over {window} steps)" if window > 1 else ""))
+    notes = [f"moving mean over {window} steps"] if window > 1 else []
+    if n_seeds > 1:
+        notes.append(f"line: mean of {n_seeds} seeds, band: lowest to highest seed")
+    fig.suptitle(title + (f" ({'; '.join(notes)})" if notes else ""))
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

@@ -136,3 +136,23 @@ def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path):
     with pytest.raises(rlgen.RlgenError, match="not a demo folder"):
         run_demo(tmp_path, schedule=TOY, progress=False, echo=lambda s: None)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_compliance_by_vertical_section_judges_only_verticals_with_enough_contexts():
+    from rlgen_relate.lab import report
+
+    meta = [{"query": "q", "vertical": "travel"}] * 6 + [{"query": "q", "vertical": "auto"}] * 2
+    cfg = relate_config()
+
+    def result(texts):
+        out = evaluation.rlgen_eval_metrics(texts=texts, meta=meta, group=list(range(8)), config=cfg)
+        per_sample = {k: v["values"] if isinstance(v, dict) else v for k, v in out.items()}
+        weights = {k: v["weights"] for k, v in out.items() if isinstance(v, dict)}
+        return rlgen.EvalResult(per_sample, {}, texts, meta, list(range(8)), weights=weights)
+
+    base, trained = result([NO_LAYOUT] * 8), result([GOOD] * 8)  # every ad becomes compliant
+    base.summary, trained.summary = rlgen.summarize(base), rlgen.summarize(trained, base)
+    section = report.vertical_compliance_section(base, trained)
+    assert "| travel | 6 | 0.0% | 100.0% | +100.0 pp [+100.0, +100.0] | **better** |" in section
+    assert "| auto | 2 | 0.0% | 100.0% | +100.0 pp | too few contexts for a verdict (< 5) |" in section
+    assert "better with confidence in 1 (travel)" in section

@@ -197,7 +197,7 @@ def compare_with_paper(rows: dict[str, dict[str, float]],
                      + (f" ({', '.join(held_sig)})" if held_sig else "")
                      + f" and {len(flipped_sig)} are reversed"
                      + (f" (the paper has {', '.join(flipped_sig)})" if flipped_sig else "")
-                     + f"; the other {n_pairs - len(held_sig) - len(flipped_sig)} differences are within noise.")
+                     + f"; {n_pairs - len(held_sig) - len(flipped_sig)} are within noise.")
         notes.append(note)
     return notes
 

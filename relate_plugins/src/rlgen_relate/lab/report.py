@@ -264,6 +264,11 @@ def comparison_table(base: EvalResult, trained: EvalResult, keys: Iterable[tuple
     return "\n".join(lines) + "\n"
 
 
+#: fewest contexts of a vertical for a verdict on it: a percentile bootstrap of one or two contexts gives a
+#: zero-width interval (one context that flipped would read as "better with confidence")
+MIN_VERTICAL_CONTEXTS = 5
+
+
 def vertical_compliance_section(base: EvalResult, trained: EvalResult, *, seed: int = 0) -> str:
     """Markdown: compliance rate (Eq. 11) per vertical for base and trained, with the paired difference."""
     from ..evaluation import COMPLIANCE_BY_VERTICAL
@@ -273,24 +278,27 @@ def vertical_compliance_section(base: EvalResult, trained: EvalResult, *, seed: 
         return "The eval contexts carry no `vertical` field, so there is no per-vertical breakdown.\n"
     lines = ["| vertical | contexts | base | trained | trained - base [95% CI] | verdict |",
              "| --- | ---: | ---: | ---: | --- | --- |"]
-    worse, better = [], []
+    worse, better, judged_n = [], [], 0
     for key in keys:
         vertical = key[len(COMPLIANCE_BY_VERTICAL):]
         contexts = len({g for g, w in zip(trained.group, trained.weights.get(key, [])) if w > 0})
         diff = paired_difference(base, trained, key, seed=seed)
         if diff is None:
             continue
-        judged = verdict(diff, True)
-        (better if "better" in judged else worse if "worse" in judged else []).append(vertical)
+        if contexts >= MIN_VERTICAL_CONTEXTS:
+            judged = verdict(diff, True)
+            judged_n += 1
+            (better if "better" in judged else worse if "worse" in judged else []).append(vertical)
+            ci = f" [{diff['ci_low'] * 100:+.1f}, {diff['ci_high'] * 100:+.1f}]"
+        else:
+            judged, ci = f"too few contexts for a verdict (< {MIN_VERTICAL_CONTEXTS})", ""
         lines.append(f"| {vertical} | {contexts} | {base.summary[key]['mean']:.1%} | {trained.summary[key]['mean']:.1%} "
-                     f"| {diff['diff'] * 100:+.1f} pp [{diff['ci_low'] * 100:+.1f}, {diff['ci_high'] * 100:+.1f}] "
-                     f"| {judged} |")
+                     f"| {diff['diff'] * 100:+.1f} pp{ci} | {judged} |")
     lines.append("")
-    lines.append(f"Better with confidence in {len(better)} of {len(keys)} verticals"
-                 + (f" ({', '.join(better)})" if better else "")
-                 + f"; worse in {len(worse)}" + (f" ({', '.join(worse)})" if worse else "")
-                 + ". With a few contexts per vertical most intervals are wide: the table shows where compliance "
-                   "lags, the overall rate above is the verdict.")
+    lines.append(f"{judged_n} of {len(keys)} verticals have at least {MIN_VERTICAL_CONTEXTS} contexts; of those, better "
+                 f"with confidence in {len(better)}" + (f" ({', '.join(better)})" if better else "")
+                 + f" and worse in {len(worse)}" + (f" ({', '.join(worse)})" if worse else "")
+                 + ". The table shows where compliance lags; the overall rate above is the verdict.")
     return "\n".join(lines) + "\n"
 
 

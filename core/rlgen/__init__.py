@@ -26,7 +26,15 @@ from .data import BuiltinDataset, field_text, read_records
 from .discovery import Registry, registry
 from .checkpoints import load_tensors
 from .errors import CheckpointError, ConfigError, PluginError, RlgenError
-from .evaluate import BOOTSTRAP_SAMPLES, EvalResult, evaluate_policy, load_evaluation, summarize, write_evaluation
+from .evaluate import (
+    BOOTSTRAP_SAMPLES,
+    EvalResult,
+    evaluate_policy,
+    load_evaluation,
+    paired_difference,
+    summarize,
+    write_evaluation,
+)
 from .hookspecs import PROJECT_NAME
 from .interfaces import AdvantageCombiner, Callback, Params, Plugin, Prompt, RewardProvider, RunContext, Sampler, Trainer
 from .logs import configure_logging, get_logger
@@ -80,6 +88,7 @@ __all__ = [
     "load_config",
     "load_evaluation",
     "load_tensors",
+    "paired_difference",
     "read_records",
     "registry",
     "resolve_dtype",

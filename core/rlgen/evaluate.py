@@ -2,8 +2,13 @@
 
 Per-completion metrics come from the configured rewards and from ``rlgen_eval_metrics`` hook
 implementations; the core only aggregates them: means with bootstrap confidence intervals over
-contexts, and relative deltas against a baseline evaluation of the same contexts (paper Eq. 10
-for CTCVR, the same formula for every metric).
+contexts, and, against a baseline evaluation of the same contexts, the relative delta (paper Eq. 10
+for CTCVR, the same formula for every metric) and the absolute difference, each with a paired CI.
+
+A hook may give a metric per-completion *weights* (``{"values": [...], "weights": [...]}``): the
+metric is then the weighted mean sum(w v) / sum(w), resampled as a ratio over contexts. That makes
+set measures bootstrappable when each completion's contribution is known (distinct-n: a completion's
+share of unique n-grams weighted by its n-gram count), and subsets too (weight 0 outside a subset).
 """
 
 from __future__ import annotations
@@ -38,16 +43,18 @@ class EvalResult:
     meta: list[dict[str, Any]]
     group: list[int]
     summary: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: per-completion weights of weighted metrics (a key of ``per_sample``); absent keys weigh every completion 1
+    weights: dict[str, list[float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"summary": self.summary, "scalars": self.scalars, "per_sample": self.per_sample, "group": self.group,
-                "samples": [{"text": t, "context": m} for t, m in zip(self.texts, self.meta)]}
+                "weights": self.weights, "samples": [{"text": t, "context": m} for t, m in zip(self.texts, self.meta)]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "EvalResult":
         samples = data["samples"]
         return cls(data["per_sample"], data["scalars"], [s["text"] for s in samples], [s["context"] for s in samples],
-                   data["group"], data.get("summary", {}))
+                   data["group"], data.get("summary", {}), data.get("weights", {}))
 
 
 def run_evaluation(
@@ -84,17 +91,28 @@ def run_evaluation(
             bar.update(len(chunk))
     per_sample = {f"reward/{k}": v for k, v in per_reward.items()}
     scalars: dict[str, float] = {}
+    weights: dict[str, list[float]] = {}
     for extra in registry.pm.hook.rlgen_eval_metrics(texts=texts, meta=meta, group=group, rewards=per_reward,
                                                      config=config):
         for name, value in (extra or {}).items():
             if isinstance(value, (int, float)):
                 scalars[name] = float(value)
-            else:
-                values = [float(v) for v in value]
-                if len(values) != len(texts):
-                    raise ConfigError(f"eval metric '{name}' has {len(values)} values for {len(texts)} completions")
-                per_sample[name] = values
-    result = EvalResult(per_sample, scalars, texts, meta, group)
+                continue
+            if isinstance(value, dict):
+                if set(value) != {"values", "weights"}:
+                    raise ConfigError(f"eval metric '{name}': a weighted metric is {{'values': [...], 'weights': [...]}}, "
+                                      f"got keys {sorted(value)}")
+                w = [float(x) for x in value["weights"]]
+                if len(w) != len(texts) or any(x < 0 for x in w):
+                    raise ConfigError(f"eval metric '{name}' needs one weight >= 0 per completion ({len(texts)}), "
+                                      f"got {len(w)}")
+                weights[name] = w
+                value = value["values"]
+            values = [float(v) for v in value]
+            if len(values) != len(texts):
+                raise ConfigError(f"eval metric '{name}' has {len(values)} values for {len(texts)} completions")
+            per_sample[name] = values
+    result = EvalResult(per_sample, scalars, texts, meta, group, weights=weights)
     result.summary = summarize(result, seed=seed)
     return result
 
@@ -150,40 +168,87 @@ def evaluate_policy(
     return result
 
 
-def _context_means(values: list[float], group: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    v = torch.tensor(values, dtype=torch.float64)
-    g = torch.tensor(group)
-    ids, inverse = torch.unique(g, return_inverse=True)
+def context_totals(result: EvalResult, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(context ids, numerators, denominators)`` of a metric: its mean over any set of contexts is
+    sum(numerators) / sum(denominators).
+
+    Unweighted: each context's mean over denominator 1, so every context counts alike, whatever its number
+    of samples. Weighted: sum(w v) over sum(w) per context, so the mean over all contexts is the set measure.
+    """
+    v = torch.tensor(result.per_sample[name], dtype=torch.float64)
+    ids, inverse = torch.unique(torch.tensor(result.group), return_inverse=True)
+    if name in result.weights:
+        w = torch.tensor(result.weights[name], dtype=torch.float64)
+        num = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, inverse, w * v)
+        den = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, inverse, w)
+        return ids, num, den
     sums = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, inverse, v)
     counts = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, inverse, torch.ones_like(v))
-    return ids, sums / counts
+    return ids, sums / counts, torch.ones(len(ids), dtype=torch.float64)
+
+
+def _resampled(num: torch.Tensor, den: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """The metric on every bootstrap resample of contexts (rows of ``idx``); NaN where it weighs nothing."""
+    d = den[idx].sum(dim=1)
+    return torch.where(d > 0, num[idx].sum(dim=1) / d.clamp(min=1e-300), torch.nan)
+
+
+def _interval(boots: torch.Tensor, level: float) -> tuple[float, float]:
+    lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
+    return float(boots.nanquantile(lo_q)), float(boots.nanquantile(hi_q))
+
+
+def _baseline_totals(result: EvalResult, baseline: EvalResult, name: str, ids: torch.Tensor):
+    b_ids, b_num, b_den = context_totals(baseline, name)
+    if not torch.equal(ids, b_ids):
+        raise ConfigError(f"the baseline was evaluated on other contexts than this run ({len(b_ids)} vs {len(ids)})")
+    return b_num, b_den
+
+
+def paired_difference(result: EvalResult, baseline: EvalResult, name: str, *, seed: int = 0,
+                      level: float = 0.95) -> dict[str, float] | None:
+    """``result - baseline`` of a per-completion metric with its paired bootstrap CI over the shared contexts
+    (the same resampled contexts for both); None when either lacks the metric or the contexts differ."""
+    if name not in result.per_sample or name not in baseline.per_sample:
+        return None
+    ids, num, den = context_totals(result, name)
+    try:
+        b_num, b_den = _baseline_totals(result, baseline, name, ids)
+    except ConfigError:
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(len(ids), (BOOTSTRAP_SAMPLES, len(ids)), generator=gen)
+    diffs = _resampled(num, den, idx) - _resampled(b_num, b_den, idx)
+    lo, hi = _interval(diffs, level)
+    return {"diff": float(num.sum() / den.sum() - b_num.sum() / b_den.sum()), "ci_low": lo, "ci_high": hi}
 
 
 def summarize(
     result: EvalResult, baseline: EvalResult | None = None, *, seed: int = 0, level: float = 0.95
 ) -> dict[str, dict[str, float]]:
     """Mean and bootstrap CI (over contexts) of every per-sample metric; with a baseline, the
-    relative delta (x - base) / base (Eq. 10) and its paired bootstrap CI."""
+    relative delta (x - base) / base (Eq. 10) and the difference x - base, each with its paired
+    bootstrap CI."""
     gen = torch.Generator().manual_seed(seed)
-    lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
     out: dict[str, dict[str, float]] = {}
-    for name, values in sorted(result.per_sample.items()):
-        ids, ctx = _context_means(values, result.group)
-        idx = torch.randint(len(ctx), (BOOTSTRAP_SAMPLES, len(ctx)), generator=gen)
-        boots = ctx[idx].mean(dim=1)
-        row = {"mean": float(ctx.mean()), "ci_low": float(boots.quantile(lo_q)), "ci_high": float(boots.quantile(hi_q))}
+    for name in sorted(result.per_sample):
+        ids, num, den = context_totals(result, name)
+        idx = torch.randint(len(ids), (BOOTSTRAP_SAMPLES, len(ids)), generator=gen)
+        boots = _resampled(num, den, idx)
+        mean = num.sum() / den.sum()
+        lo, hi = _interval(boots, level)
+        row = {"mean": float(mean), "ci_low": lo, "ci_high": hi}
         if baseline is not None and name in baseline.per_sample:
-            b_ids, b_ctx = _context_means(baseline.per_sample[name], baseline.group)
-            if not torch.equal(ids, b_ids):
-                raise ConfigError(f"the baseline was evaluated on other contexts than this run ({len(b_ids)} vs {len(ids)})")
-            base_mean = b_ctx.mean()
+            b_num, b_den = _baseline_totals(result, baseline, name, ids)
+            base_mean = b_num.sum() / b_den.sum()
+            b_boot = _resampled(b_num, b_den, idx)  # paired: the same resampled contexts for both
             row["baseline"] = float(base_mean)
+            row["diff"] = float(mean - base_mean)
+            row["diff_ci_low"], row["diff_ci_high"] = _interval(boots - b_boot, level)
             if abs(float(base_mean)) > 1e-12:
-                b_boot = b_ctx[idx].mean(dim=1)  # paired: the same resampled contexts for both
                 deltas = (boots - b_boot) / b_boot.abs().clamp(min=1e-12)
-                row["delta"] = float((ctx.mean() - base_mean) / abs(base_mean))
-                row["delta_ci_low"] = float(deltas.quantile(lo_q))
-                row["delta_ci_high"] = float(deltas.quantile(hi_q))
+                row["delta"] = float((mean - base_mean) / abs(base_mean))
+                row["delta_ci_low"], row["delta_ci_high"] = _interval(deltas, level)
         out[name] = row
     for name, value in sorted(result.scalars.items()):
         out[name] = {"mean": value}
@@ -191,19 +256,23 @@ def summarize(
 
 
 def markdown_table(summary: dict[str, dict[str, float]]) -> str:
-    has_base = any("delta" in row for row in summary.values())
-    head = "| metric | mean | 95% CI |" + (" baseline | relative delta | delta 95% CI |" if has_base else "")
-    sep = "| --- | ---: | --- |" + (" ---: | ---: | --- |" if has_base else "")
+    has_base = any("baseline" in row for row in summary.values())
+    head = "| metric | mean | 95% CI |" + (" baseline | difference [95% CI] | relative delta | delta 95% CI |"
+                                           if has_base else "")
+    sep = "| --- | ---: | --- |" + (" ---: | --- | ---: | --- |" if has_base else "")
     lines = [head, sep]
     for name, row in summary.items():
         ci = f"[{row['ci_low']:.4g}, {row['ci_high']:.4g}]" if "ci_low" in row else ""
         line = f"| {name} | {row['mean']:.4g} | {ci} |"
         if has_base:
-            if "delta" in row:
-                line += (f" {row['baseline']:.4g} | {row['delta']:+.2%} |"
-                         f" [{row['delta_ci_low']:+.2%}, {row['delta_ci_high']:+.2%}] |")
+            if "baseline" in row:
+                line += f" {row['baseline']:.4g} | {row['diff']:+.4g} [{row['diff_ci_low']:+.4g}, {row['diff_ci_high']:+.4g}] |"
             else:
-                line += " | | |"
+                line += " | |"
+            if "delta" in row:
+                line += f" {row['delta']:+.2%} | [{row['delta_ci_low']:+.2%}, {row['delta_ci_high']:+.2%}] |"
+            else:
+                line += " | |"
         lines.append(line)
     return "\n".join(lines) + "\n"
 

@@ -104,7 +104,11 @@ def rlgen_eval_metrics(
     :param rewards: each configured reward's sentence-level value per completion.
     :param config: the run configuration.
     :return: metric name -> one value per completion (averaged, with a bootstrap confidence
-        interval over contexts) or a single number for set-level metrics; or None.
+        interval over contexts), or ``{"values": [...], "weights": [...]}`` with one value and one
+        weight >= 0 per completion (the weighted mean sum(w v) / sum(w), with a bootstrap CI over
+        contexts: a set measure written as per-completion contributions, or a subset with weight 0
+        outside it), or a single number for set-level metrics (no CI); or None. Against a baseline,
+        per-completion metrics get paired differences with CIs.
     """
 
 

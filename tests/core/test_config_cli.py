@@ -145,3 +145,21 @@ def test_eval_reports_metrics_with_intervals_and_deltas_against_a_baseline(tmp_p
     assert row["mean"] > row["baseline"] and row["delta"] > 0 and row["delta_ci_low"] > 0
     assert set(summary) == {"reward/toy.count", "toy/length", "toy/distinct_texts"}
     assert "| reward/toy.count |" in (tmp_path / "eval_run" / "eval.md").read_text()
+
+
+def test_a_weighted_metric_is_summarised_as_a_ratio_over_contexts_with_a_paired_difference():
+    from rlgen import EvalResult, paired_difference, summarize
+
+    group = [0, 0, 1, 2, 3]
+    base = EvalResult({"m": [1.0, 0.0, 1.0, 0.0, 1.0]}, {}, [""] * 5, [{}] * 5, group,
+                      weights={"m": [1.0, 1.0, 2.0, 0.0, 4.0]})
+    run = EvalResult({"m": [0.5, 0.5, 0.0, 1.0, 0.0]}, {}, [""] * 5, [{}] * 5, group,
+                     weights={"m": [1.0, 1.0, 2.0, 0.0, 4.0]})
+    row = summarize(run, base)["m"]
+    assert row["mean"] == pytest.approx(1.0 / 8) and row["baseline"] == pytest.approx(7.0 / 8)  # sum(w v) / sum(w)
+    # no context improves; a resample of only the unchanged context 0 (and the weightless 2) gives 0
+    assert row["diff"] == pytest.approx(-6.0 / 8) and row["diff_ci_low"] <= row["diff"] <= row["diff_ci_high"] <= 0
+    assert row["ci_low"] <= row["mean"] <= row["ci_high"]
+    assert paired_difference(run, base, "m")["diff"] == pytest.approx(row["diff"])
+    again = EvalResult.from_json(json.loads(json.dumps(run.to_json())))
+    assert again.weights == run.weights  # eval.json keeps the weights, so a report can re-summarise

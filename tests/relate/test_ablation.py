@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -125,3 +126,88 @@ def test_ablation_runs_end_to_end_at_toy_scale(tmp_path):
     metrics = json.loads((tmp_path / "model1" / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert {f"reward/relate.{n}/mean" for n in ("length", "format", "ctcvr", "diversity")} <= set(metrics)
     assert "| Model 1 (step 1)" not in path.read_text() and "| Model ID (step 1)" in path.read_text()
+
+
+def test_interval_over_seeds_and_contexts_and_its_paired_difference():
+    from rlgen_relate.lab.seed_stats import interval, paired_interval
+
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(3, 40, generator=gen, dtype=torch.float64)  # per (seed, context): shared by both policies
+    a, b = 1.0 + noise, 0.9 + noise + 0.01 * torch.randn(3, 40, generator=gen, dtype=torch.float64)
+    ia, ib = interval(a), interval(b)
+    assert ia.ci_low < ia.mean < ia.ci_high and ia.ci_low < ib.mean  # alone, the two intervals overlap
+    d = paired_interval(a, b)
+    assert d.mean == pytest.approx(float((a - b).mean())) and d.significant and d.ci_low > 0.09  # paired, they do not
+    # a seed that disagrees widens the interval: seeds are resampled, not only contexts
+    shifted = a.clone()
+    shifted[2] += 2.0
+    assert interval(shifted).ci_high - interval(shifted).ci_low > 3 * (ia.ci_high - ia.ci_low)
+    with pytest.raises(ValueError, match="same"):
+        paired_interval(a, b[:2])
+
+
+def stats_for(means: dict[str, dict[str, float]], spread: float = 0.01):
+    """Per-seed per-context values around given column means: 2 seeds x 30 contexts."""
+    gen = torch.Generator().manual_seed(1)
+    per_seed = {}
+    for name, cols in means.items():
+        per_seed[name] = [{c: v + spread * torch.randn(30, generator=gen, dtype=torch.float64) for c, v in cols.items()}
+                          for _ in range(2)]
+    return ablation.seed_statistics(per_seed)
+
+
+def test_report_says_which_paper_orderings_hold_with_confidence(tmp_path):
+    means = {n: {c: v for c, v in ablation.PAPER_TABLE_3[n].items()} for n in NAMES}
+    means["relate"]["ctcvr"] = 0.05  # the paper has RELATE above Model 4 (0.184) on CTCVR
+    means["model4"]["diversity"] = 0.96  # 0.005 below RELATE: within noise at this spread
+    stats = stats_for(means, spread=0.05)
+    rows = {n: {c: stats["intervals"][n][c].mean for c in cols} for n, cols in means.items()}
+    notes = dict(zip([c for c, _ in ablation.COLUMNS], ablation.compare_with_paper(rows, stats["pairs"])))
+    assert "are reversed (the paper has" in notes["ctcvr"] and "RELATE > Model 4" in notes["ctcvr"].split("are reversed")[1]
+    assert "0 are reversed" in notes["structural"]
+    diff = ablation.pair_difference(stats["pairs"], "relate", "model4", "ctcvr")
+    assert diff.mean < 0 and diff.significant
+    assert ablation.pair_difference(stats["pairs"], "model4", "relate", "ctcvr").mean == pytest.approx(-diff.mean)
+
+    curves = {n: [[{"step": s, "reward/relate.length/mean": 0.1 * s + k + seed} for s in range(1, 4)] for seed in range(2)]
+              for k, n in enumerate(NAMES)}
+    path = ablation.write_ablation_report(tmp_path, rows, curves, step=3, info={"seed": 0, "seeds": [0, 1]}, stats=stats)
+    report = path.read_text()
+    assert "trained at 2 training seeds (0, 1" in report and "## RELATE vs Model 4" in report
+    section = report.split("## RELATE vs Model 4")[1]
+    ctcvr_line = next(ln for ln in section.splitlines() if ln.startswith("| CTCVR (%)"))
+    assert "| RELATE higher | **Model 4 higher** |" in ctcvr_line  # the paper's sign, and ours with confidence
+    diversity_line = next(ln for ln in section.splitlines() if ln.startswith("| Diversity |"))
+    assert "no significant difference" in diversity_line
+    table = (tmp_path / "table3.md").read_text()
+    assert re.search(r"\| RELATE \| [\d.]+ \[[\d.]+, [\d.]+\] \|", table)  # every cell has its CI
+    data = json.loads((tmp_path / "ablation.json").read_text())
+    assert set(data["pairs"]["model4-relate"]["ctcvr"]) == {"mean", "ci_low", "ci_high"}
+
+
+def test_ablation_with_two_seeds_at_toy_scale(tmp_path):
+    """RELATE and Model 4 at training seeds 0 and 1, one step each: per-seed folders, CIs, the paired comparison."""
+    import dataclasses
+
+    from rlgen_relate.lab.demo import QUICK
+
+    toy = dataclasses.replace(QUICK, name="toy", log_contexts=8, impressions_per_context=300, ctcvr_epochs=1, steps=1,
+                              eval_contexts=3, overrides=QUICK.overrides + ("sampler.params.max_new_tokens=8",))
+    path = ablation.run_ablation(tmp_path, configs=["model4", "relate"], schedule=toy, seeds=2, progress=False,
+                                 echo=lambda s: None)
+    for name in ("model4", "relate"):
+        for seed in (0, 1):
+            assert (tmp_path / name / f"seed-{seed}" / "eval" / "eval.json").exists()
+    # the training seed differs, the eval contexts and sampling seed do not
+    configs = [(tmp_path / "relate" / f"seed-{s}" / "run" / "config.yaml").read_text() for s in (0, 1)]
+    assert "seed: 0" in configs[0] and "seed: 1" in configs[1]
+    evals = [json.loads((tmp_path / "relate" / f"seed-{s}" / "eval" / "eval.json").read_text()) for s in (0, 1)]
+    assert [x["context"] for x in evals[0]["samples"]] == [x["context"] for x in evals[1]["samples"]]
+    data = json.loads((tmp_path / "ablation.json").read_text())
+    assert data["seeds"] == [0, 1] and set(data["pairs"]) == {"model4-relate"}
+    ci = data["intervals"]["relate"]["structural"]
+    assert ci["ci_low"] <= ci["mean"] <= ci["ci_high"]
+    assert data["rows"]["relate"]["structural"] == pytest.approx(ci["mean"])
+    report = path.read_text()
+    assert "## RELATE vs Model 4" in report and "trained at 2 training seeds" in report
+    assert (tmp_path / "figure3.png").read_bytes()[:4] == b"\x89PNG"

@@ -105,6 +105,12 @@ def test_whole_pipeline_at_toy_scale(tmp_path):
                 "relate/diversity", "reward/relate.relevance"):
         assert key in base["summary"] and key in trained["summary"]
     assert "baseline" in trained["summary"]["relate/pred_ctcvr"]  # compared with the base (Eq. 10)
+    # distinct-2 and self-BLEU come with CIs and paired differences; compliance per vertical of the contexts
+    for key in ("relate/distinct_2", "relate/self_bleu", "relate/fluent_rate"):
+        assert {"ci_low", "ci_high", "diff", "diff_ci_low", "diff_ci_high"} <= set(trained["summary"][key])
+    verticals = {s["context"]["vertical"] for s in base["samples"]}
+    assert {f"relate/compliance_by_vertical/{v}" for v in verticals} <= set(trained["summary"])
+    assert len(base["weights"]["relate/distinct_2"]) == len(base["samples"])
     assert len(base["samples"]) == len(trained["samples"]) == 4
 
     for png in ("rewards.png", "training.png"):
@@ -113,9 +119,11 @@ def test_whole_pipeline_at_toy_scale(tmp_path):
     assert len(pairs) == 4 and {"context", "base", "trained"} == set(json.loads(pairs[0]))
     report = (out / "report.md").read_text()
     for section in ("## What was run", "## Does the trained policy beat the base?", "## Evaluation: base vs trained",
-                    "## Predicted vs simulator CTCVR", "## Training curves", "## Sample ads, before and after"):
+                    "## Compliance by vertical", "## Predicted vs simulator CTCVR", "## Training curves", "## Sample ads, before and after"):
         assert section in report
     assert "![rewards](plots/rewards.png)" in report and "| Compliance rate" in report
+    assert "| Fluent (no stutter or repeated phrase) |" in report and "no CI: one number per set" not in report
+    assert all(f"| {v} |" in report for v in verticals)
 
     # a second run into the same folder replaces the first instead of failing on its checkpoints
     again = run_demo(out, schedule=dataclasses.replace(TOY, steps=1), progress=False, echo=lines.append)
@@ -128,3 +136,23 @@ def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path):
     with pytest.raises(rlgen.RlgenError, match="not a demo folder"):
         run_demo(tmp_path, schedule=TOY, progress=False, echo=lambda s: None)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_compliance_by_vertical_section_judges_only_verticals_with_enough_contexts():
+    from rlgen_relate.lab import report
+
+    meta = [{"query": "q", "vertical": "travel"}] * 6 + [{"query": "q", "vertical": "auto"}] * 2
+    cfg = relate_config()
+
+    def result(texts):
+        out = evaluation.rlgen_eval_metrics(texts=texts, meta=meta, group=list(range(8)), config=cfg)
+        per_sample = {k: v["values"] if isinstance(v, dict) else v for k, v in out.items()}
+        weights = {k: v["weights"] for k, v in out.items() if isinstance(v, dict)}
+        return rlgen.EvalResult(per_sample, {}, texts, meta, list(range(8)), weights=weights)
+
+    base, trained = result([NO_LAYOUT] * 8), result([GOOD] * 8)  # every ad becomes compliant
+    base.summary, trained.summary = rlgen.summarize(base), rlgen.summarize(trained, base)
+    section = report.vertical_compliance_section(base, trained)
+    assert "| travel | 6 | 0.0% | 100.0% | +100.0 pp [+100.0, +100.0] | **better** |" in section
+    assert "| auto | 2 | 0.0% | 100.0% | +100.0 pp | too few contexts for a verdict (< 5) |" in section
+    assert "better with confidence in 1 (travel)" in section

@@ -4,7 +4,12 @@
   format rule, judged with the run's own ``relate.risk`` / ``relate.format`` params.
 - Diversity, Eq. 12: the training diversity reward applied to the evaluation set in training-sized
   batches, scaled to [0, 1] per ad as 1 - (share of its words inside frequent n-grams); higher is better.
-- distinct-2 and self-BLEU (nltk), for comparison with the literature.
+- Compliance by vertical: Eq. 11 over the ads of each ``vertical`` of the contexts, when they have one.
+- Fluent rate: share of ads without a stutter or a repeated phrase, as the bundled ``repetition`` reward
+  (rlgen-plugins) finds them with the run's params; what a reader notices first in "Lease Lease Lease".
+- distinct-2 and self-BLEU (nltk), for comparison with the literature. Both are set measures written as
+  per-ad contributions with weights, whose weighted mean is the set measure, so the core gives them bootstrap
+  CIs over contexts and paired differences against a baseline (see :func:`distinct_n_contributions`).
 - Simulator CTCVR: the click/conversion simulator's true ``p_click * p_conv`` of each ad in its context
   (docs/simulator.md), when the contexts carry the fields it reads (query, bid word, selling points,
   landing page). Fatigue is measured over the whole evaluation set, as for one policy's traffic.
@@ -25,6 +30,8 @@ from typing import Any
 import torch
 
 import rlgen
+
+from rlgen_plugins.rewards import RepetitionReward
 
 from .rewards.diversity import DiversityReward
 from .rewards.format import FormatReward
@@ -92,20 +99,52 @@ def diversity_scores(texts: list[str], meta: list[dict[str, Any]], group: list[i
     return scores
 
 
+def fluent_scores(texts: list[str], config: Any) -> list[float]:
+    """Per ad: 1 when the ``repetition`` reward finds no stutter and no repeated phrase in it, else 0."""
+    finder = _configured(config, RepetitionReward)
+    return [0.0 if finder.find_repeats(t) else 1.0 for t in texts]  # type: ignore[attr-defined]
+
+
+def _ngrams(text: str, n: int) -> list[tuple[str, ...]]:
+    w = text.lower().split()
+    return [tuple(w[i : i + n]) for i in range(len(w) - n + 1)]
+
+
+def distinct_n_contributions(texts: list[str], n: int = 2) -> tuple[list[float], list[float]]:
+    """distinct-n as per-ad ``(values, weights)`` whose weighted mean is :func:`distinct_n` of the set.
+
+    Each n-gram occurrence carries 1 / (its occurrences in the set), so the set's unique n-grams are the sum of
+    the credits; an ad's value is its mean credit (1: none of its n-grams is used elsewhere or twice), its weight
+    its number of n-grams. Resampling contexts then resamples whole ads with the credits of the full set, so a
+    context drawn twice does not count as a copy of itself (a plain bootstrap of distinct-n would).
+    """
+    grams = [_ngrams(t, n) for t in texts]
+    counts: dict[tuple[str, ...], int] = {}
+    for gs in grams:
+        for g in gs:
+            counts[g] = counts.get(g, 0) + 1
+    values = [sum(1.0 / counts[g] for g in gs) / len(gs) if gs else 0.0 for gs in grams]
+    return values, [float(len(gs)) for gs in grams]
+
+
 def distinct_n(texts: list[str], n: int = 2) -> float:
     """Unique n-grams over all n-grams of the set (Li et al. 2016)."""
-    grams = [tuple(w[i : i + n]) for w in (t.lower().split() for t in texts) for i in range(len(w) - n + 1)]
+    grams = [g for t in texts for g in _ngrams(t, n)]
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
-def self_bleu(texts: list[str], max_refs: int = 200) -> float:
-    """Mean BLEU-4 of each ad against the others (Zhu et al. 2018); lower means more diverse."""
+def self_bleu_scores(texts: list[str], max_refs: int = 200) -> tuple[list[float], list[float]]:
+    """Per ad: ``(BLEU-4 against the other ads, weight)``; an empty ad (or a set of one) weighs 0.
+
+    The weighted mean is :func:`self_bleu` of the set; the references stay the whole set when contexts are
+    resampled, so the CI says how much the set's self-BLEU depends on which contexts were drawn.
+    """
     from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 
     tokens = [t.lower().split() for t in texts]
     smooth = SmoothingFunction().method1
     gen = torch.Generator().manual_seed(0)
-    scores = []
+    values, weights = [0.0] * len(texts), [0.0] * len(texts)
     for i, hyp in enumerate(tokens):
         if not hyp:
             continue
@@ -113,8 +152,30 @@ def self_bleu(texts: list[str], max_refs: int = 200) -> float:
         if len(others) > max_refs:  # bounded cost on large sets: a seeded sample of references
             others = [others[k] for k in torch.randperm(len(others), generator=gen)[:max_refs].tolist()]
         if others:
-            scores.append(sentence_bleu([tokens[j] for j in others], hyp, smoothing_function=smooth))
-    return sum(scores) / len(scores) if scores else 0.0
+            values[i] = sentence_bleu([tokens[j] for j in others], hyp, smoothing_function=smooth)
+            weights[i] = 1.0
+    return values, weights
+
+
+def self_bleu(texts: list[str], max_refs: int = 200) -> float:
+    """Mean BLEU-4 of each ad against the others (Zhu et al. 2018); lower means more diverse."""
+    values, weights = self_bleu_scores(texts, max_refs)
+    total = sum(weights)
+    return sum(v * w for v, w in zip(values, weights)) / total if total else 0.0
+
+
+#: key prefix of the per-vertical compliance rates (Eq. 11 within one vertical)
+COMPLIANCE_BY_VERTICAL = "relate/compliance_by_vertical/"
+
+
+def compliance_by_vertical(both: list[float], meta: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    """Eq. 11 per ``vertical`` of the contexts, as weighted metrics (weight 1 on the vertical's ads, 0 elsewhere),
+    so each comes with a CI over contexts and a paired difference against a baseline; empty without verticals."""
+    verticals = [m.get("vertical") if isinstance(m, dict) else None for m in meta]
+    if not verticals or any(not v for v in verticals):
+        return {}
+    return {f"{COMPLIANCE_BY_VERTICAL}{v}": {"values": list(both), "weights": [1.0 if x == v else 0.0 for x in verticals]}
+            for v in sorted(set(verticals))}
 
 
 def simulator_metrics(texts: list[str], meta: list[dict[str, Any]], seed: int = SIMULATOR_SEED) -> dict[str, list[float]]:
@@ -168,13 +229,17 @@ def rlgen_eval_metrics(texts, meta, group, config):
     if not uses_relate(config) or not texts:
         return None
     both, format_ok, risk_ok = compliance(texts, meta, config)
+    distinct, distinct_w = distinct_n_contributions(texts, 2)
+    bleu, bleu_w = self_bleu_scores(texts)
     return {
         "relate/compliance_rate": both,
         "relate/format_pass_rate": format_ok,
         "relate/risk_pass_rate": risk_ok,
+        "relate/fluent_rate": fluent_scores(texts, config),
         "relate/diversity": diversity_scores(texts, meta, group, config),
-        "relate/distinct_2": distinct_n(texts, 2),
-        "relate/self_bleu": self_bleu(texts),
+        "relate/distinct_2": {"values": distinct, "weights": distinct_w},
+        "relate/self_bleu": {"values": bleu, "weights": bleu_w},
+        **compliance_by_vertical(both, meta),
     }
 
 

@@ -400,6 +400,12 @@ Means over contexts with 95% bootstrap confidence intervals; the relative delta 
 CI, and the verdict rests on the paired CI of the absolute difference.
 
 {rep.comparison_table(base, trained)}
+## Compliance by vertical
+
+Compliance rate (Eq. 11) over the ads of each vertical, with the paired 95% CI of the difference (the same
+contexts resampled for both policies).
+
+{rep.vertical_compliance_section(base, trained)}
 ## Predicted vs simulator CTCVR (reward-hacking indicator)
 
 Predicted CTCVR is the reward model's pCTR x pCVR of each ad; simulator CTCVR is the simulated users' true

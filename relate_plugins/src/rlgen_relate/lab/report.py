@@ -14,13 +14,15 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from rlgen import BOOTSTRAP_SAMPLES, EvalResult
+import rlgen
+from rlgen import EvalResult
 
 #: the evaluation metrics a reader looks at first, in report order: key, label, higher is better
 HEADLINE: list[tuple[str, str, bool]] = [
     ("relate/compliance_rate", "Compliance rate (Eq. 11: passes risk control and format)", True),
     ("relate/format_pass_rate", "Format pass rate", True),
     ("relate/risk_pass_rate", "Risk-control pass rate", True),
+    ("relate/fluent_rate", "Fluent (no stutter or repeated phrase)", True),
     ("relate/sim_ctcvr", "Simulator CTCVR (true p_click x p_conv)", True),
     ("relate/pred_ctcvr", "Predicted CTCVR (reward model)", True),
     ("relate/sim_ctr", "Simulator CTR", True),
@@ -141,21 +143,44 @@ def plot_training(rows: Sequence[dict[str, float]], path: str | Path) -> Path:
 def plot_curves_by_config(runs: dict[str, Sequence[dict[str, float]]], path: str | Path,
                           title: str = "Training curves of individual rewards per configuration") -> Path:
     """Figure 3 analogue: one panel per reward, one line per configuration."""
-    names = [n for n in dict.fromkeys(n for rows in runs.values() for n in reward_names(rows)) if n != "total"]
+    return plot_curves_over_seeds({config: [rows] for config, rows in runs.items()}, path, title=title)
+
+
+def plot_curves_over_seeds(runs: dict[str, Sequence[Sequence[dict[str, float]]]], path: str | Path,
+                           title: str = "Training curves of individual rewards per configuration") -> Path:
+    """Figure 3 analogue over seeds: one panel per reward, per configuration the mean over its seeds' (smoothed)
+    curves with a band from the lowest to the highest seed at each step."""
+    names = [n for n in dict.fromkeys(n for seeds in runs.values() for rows in seeds for n in reward_names(rows))
+             if n != "total"]
     fig, axes = _grid(len(names))
-    longest = max((len(rows) for rows in runs.values()), default=1)
+    longest = max((len(rows) for seeds in runs.values() for rows in seeds), default=1)
     window = max(1, longest // 8)
+    n_seeds = max((len(seeds) for seeds in runs.values()), default=1)
     for ax, name in zip(axes, names):
-        for i, (config, rows) in enumerate(runs.items()):
-            steps, values = _series(rows, f"reward/{name}/mean")
-            if steps:
-                ax.plot(steps, _smooth(values, window), color=f"C{i}", lw=1.8, label=config)
+        for i, (config, seeds) in enumerate(runs.items()):
+            by_step: dict[int, list[float]] = {}
+            for rows in seeds:
+                steps, values = _series(rows, f"reward/{name}/mean")
+                for step, value in zip(steps, _smooth(values, window)):
+                    by_step.setdefault(step, []).append(value)
+            # only steps every seed reached, so the band is over the same seeds throughout
+            steps = sorted(s for s, v in by_step.items() if len(v) == len(seeds))
+            if not steps:
+                continue
+            mean = [sum(by_step[s]) / len(by_step[s]) for s in steps]
+            ax.plot(steps, mean, color=f"C{i}", lw=1.8, label=config)
+            if len(seeds) > 1:
+                ax.fill_between(steps, [min(by_step[s]) for s in steps], [max(by_step[s]) for s in steps],
+                                color=f"C{i}", alpha=0.18, lw=0)
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     if axes:
         axes[0].legend(fontsize=8)
-    fig.suptitle(title + (f" (moving mean over {window} steps)" if window > 1 else ""))
+    notes = [f"moving mean over {window} steps"] if window > 1 else []
+    if n_seeds > 1:
+        notes.append(f"line: mean of {n_seeds} seeds, band: lowest to highest seed")
+    fig.suptitle(title + (f" ({'; '.join(notes)})" if notes else ""))
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
@@ -165,7 +190,8 @@ def plot_curves_by_config(runs: dict[str, Sequence[dict[str, float]]], path: str
 # -- numbers ------------------------------------------------------------------------------------
 
 
-def _context_means(values: Sequence[float], group: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def context_means(values: Sequence[float], group: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(context ids, mean of the values of each context)``, contexts in id order."""
     v = torch.tensor(list(values), dtype=torch.float64)
     ids, inverse = torch.unique(torch.tensor(list(group)), return_inverse=True)
     sums = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, inverse, v)
@@ -180,17 +206,7 @@ def paired_difference(base: EvalResult, trained: EvalResult, key: str, *, seed: 
     The core's relative delta (Eq. 10) is undefined when the base is 0 (a base policy that never
     passes format); the absolute difference always is, so the verdicts below rest on it.
     """
-    if key not in base.per_sample or key not in trained.per_sample:
-        return None
-    b_ids, b = _context_means(base.per_sample[key], base.group)
-    t_ids, t = _context_means(trained.per_sample[key], trained.group)
-    if not torch.equal(b_ids, t_ids):
-        return None
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randint(len(t), (BOOTSTRAP_SAMPLES, len(t)), generator=gen)
-    diffs = (t[idx] - b[idx]).mean(dim=1)
-    lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
-    return {"diff": float((t - b).mean()), "ci_low": float(diffs.quantile(lo_q)), "ci_high": float(diffs.quantile(hi_q))}
+    return rlgen.paired_difference(trained, base, key, seed=seed, level=level)
 
 
 def verdict(diff: dict[str, float] | None, higher_is_better: bool) -> str:
@@ -239,12 +255,50 @@ def comparison_table(base: EvalResult, trained: EvalResult, keys: Iterable[tuple
             absolute = (f"{diff['diff'] * scale:+.3f}{unit} [{diff['ci_low'] * scale:+.3f}, "
                         f"{diff['ci_high'] * scale:+.3f}]")
             judged = verdict(diff, higher)
-        else:  # set-level numbers (distinct-2, self-BLEU) have no per-context values to resample
+        else:  # set-level numbers without per-completion contributions have nothing to resample
             d = t["mean"] - b["mean"]
             absolute = f"{d:+.3f}"
             judged = ("higher" if d > 0 else "lower" if d < 0 else "same") + " (no CI: one number per set)"
         lines.append(f"| {label} | {_fmt(key, b['mean'])}{_ci(key, b)} | {_fmt(key, t['mean'])}{_ci(key, t)} "
                      f"| {rel} | {absolute} | {judged} |")
+    return "\n".join(lines) + "\n"
+
+
+#: fewest contexts of a vertical for a verdict on it: a percentile bootstrap of one or two contexts gives a
+#: zero-width interval (one context that flipped would read as "better with confidence")
+MIN_VERTICAL_CONTEXTS = 5
+
+
+def vertical_compliance_section(base: EvalResult, trained: EvalResult, *, seed: int = 0) -> str:
+    """Markdown: compliance rate (Eq. 11) per vertical for base and trained, with the paired difference."""
+    from ..evaluation import COMPLIANCE_BY_VERTICAL
+
+    keys = sorted(k for k in trained.per_sample if k.startswith(COMPLIANCE_BY_VERTICAL) and k in base.per_sample)
+    if not keys:
+        return "The eval contexts carry no `vertical` field, so there is no per-vertical breakdown.\n"
+    lines = ["| vertical | contexts | base | trained | trained - base [95% CI] | verdict |",
+             "| --- | ---: | ---: | ---: | --- | --- |"]
+    worse, better, judged_n = [], [], 0
+    for key in keys:
+        vertical = key[len(COMPLIANCE_BY_VERTICAL):]
+        contexts = len({g for g, w in zip(trained.group, trained.weights.get(key, [])) if w > 0})
+        diff = paired_difference(base, trained, key, seed=seed)
+        if diff is None:
+            continue
+        if contexts >= MIN_VERTICAL_CONTEXTS:
+            judged = verdict(diff, True)
+            judged_n += 1
+            (better if "better" in judged else worse if "worse" in judged else []).append(vertical)
+            ci = f" [{diff['ci_low'] * 100:+.1f}, {diff['ci_high'] * 100:+.1f}]"
+        else:
+            judged, ci = f"too few contexts for a verdict (< {MIN_VERTICAL_CONTEXTS})", ""
+        lines.append(f"| {vertical} | {contexts} | {base.summary[key]['mean']:.1%} | {trained.summary[key]['mean']:.1%} "
+                     f"| {diff['diff'] * 100:+.1f} pp{ci} | {judged} |")
+    lines.append("")
+    lines.append(f"{judged_n} of {len(keys)} verticals have at least {MIN_VERTICAL_CONTEXTS} contexts; of those, better "
+                 f"with confidence in {len(better)}" + (f" ({', '.join(better)})" if better else "")
+                 + f" and worse in {len(worse)}" + (f" ({', '.join(worse)})" if worse else "")
+                 + ". The table shows where compliance lags; the overall rate above is the verdict.")
     return "\n".join(lines) + "\n"
 
 

@@ -10,6 +10,7 @@ ranks give the same update as one process on the concatenated batch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -303,6 +304,14 @@ class GrpoTrainer(rlgen.Trainer):
                     out[rows.to(self.device), : mb.width] = token_logprobs(logits, mb.targets, temperature)
         return out
 
+    def _backward(self, loss: torch.Tensor) -> None:
+        # On one rank at ZeRO-0 DeepSpeed would still flatten every gradient into one buffer,
+        # all-reduce it with itself and copy it back at each update (twice the model's size in
+        # memory traffic, and a buffer that size); the sum over one rank is the identity.
+        alone = self.world_size == 1 and self.zero_stage == 0
+        with self.engine.no_sync() if alone else contextlib.nullcontext():
+            self.engine.backward(loss, scale_wrt_gas=False)
+
     def _grad_norm_before_step(self) -> float | None:
         """Global gradient norm where DeepSpeed does not report one (ZeRO stage 0; grads are already averaged)."""
         if self.zero_stage != 0:
@@ -392,7 +401,7 @@ class GrpoTrainer(rlgen.Trainer):
                             sums[4] += float((token_entropy(logits, temperature) * m).sum())
                     clock["forward"] += time.perf_counter() - tick
                     tick = time.perf_counter()
-                    self.engine.backward(loss, scale_wrt_gas=False)
+                    self._backward(loss)
                     clock["backward"] += time.perf_counter() - tick
                     if last:
                         tick = time.perf_counter()

@@ -222,6 +222,11 @@ def test_ds_config_switches():
     torch_offload = ds_config(offload_optimizer=True)
     assert torch_offload["zero_force_ds_cpu_optimizer"] is False
     assert ds_config(optimizer="torch-fused")["optimizer"]["params"]["fused"] is True
+    # torch's fused AdamW where it has a kernel for the device holding the states (CPU when offloaded)
+    assert cpu["optimizer"]["params"]["fused"] is True
+    assert "fused" not in ds_config(device_type="hpu")["optimizer"]["params"]
+    assert ds_config(device_type="hpu", offload_optimizer=True)["optimizer"]["params"]["fused"] is True
+    assert ds_config(device_type="hpu", optimizer="torch-fused")["optimizer"]["params"]["fused"] is True
     merged = ds_config(extra={"zero_optimization": {"overlap_comm": True}, "steps_per_print": 10})
     assert merged["zero_optimization"] == {"stage": 2, "overlap_comm": True} and merged["steps_per_print"] == 10
     assert merge_config({"a": {"b": 1}}, {"a": {"c": 2}}) == {"a": {"b": 1, "c": 2}}

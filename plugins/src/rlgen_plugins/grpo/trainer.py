@@ -96,8 +96,9 @@ class GrpoParams(rlgen.Params):
     )
     optimizer: Literal["torch", "torch-fused", "deepspeed"] = Field(
         "torch",
-        description="AdamW implementation: torch (nothing to build), torch-fused (GPU), deepspeed "
-        "(FusedAdam on GPU, DeepSpeedCPUAdam with offload; JIT-compiled on first use)",
+        description="AdamW implementation: torch (torch.optim.AdamW, nothing to build; its fused kernel on CPU/CUDA/XPU/MPS), "
+        "torch-fused (the fused kernel, required), deepspeed (FusedAdam on GPU, DeepSpeedCPUAdam with offload; "
+        "JIT-compiled on first use)",
     )
     offload_optimizer: bool = Field(False, description="keep optimizer states in CPU memory (ZeRO stage >= 1)")
     offload_params: bool = Field(False, description="keep parameters in CPU memory between uses (ZeRO stage 3)")
@@ -248,7 +249,7 @@ class GrpoTrainer(rlgen.Trainer):
             world_size=self.world_size, learning_rate=p.learning_rate, betas=p.adam_betas, eps=p.adam_eps,
             weight_decay=p.weight_decay, max_grad_norm=p.max_grad_norm, optimizer=p.optimizer,
             offload_optimizer=p.offload_optimizer, offload_params=p.offload_params,
-            pin_memory=self.device.type != "cpu", extra=p.deepspeed_config,
+            pin_memory=self.device.type != "cpu", device_type=self.device.type, extra=p.deepspeed_config,
         )
         scheduler = ds.scheduler_factory(warmup=p.warmup_updates, total=total, schedule=p.lr_schedule,
                                          min_ratio=p.min_lr_ratio)

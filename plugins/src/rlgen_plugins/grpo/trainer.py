@@ -11,6 +11,7 @@ ranks give the same update as one process on the concatenated batch.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import random
@@ -230,6 +231,11 @@ class GrpoTrainer(rlgen.Trainer):
                                         trust_remote_code=mcfg.trust_remote_code)
         # fp32 master weights: DeepSpeed casts the module for bf16/fp16 and keeps fp32 copies in the optimizer
         model = load_causal_lm(path, dtype="float32", trust_remote_code=mcfg.trust_remote_code)
+        if p.lora is None and p.beta > 0:
+            # the reference is the policy as loaded: a copy in memory, not a second read from disk
+            ref = copy.deepcopy(model).to(_DTYPE_OF_PRECISION[self.precision])
+            ref.requires_grad_(False)
+            self.ref_model = ref.to(self.device).eval()
         if p.disable_dropout:
             disable_dropout(model)
         if p.gradient_checkpointing:
@@ -239,10 +245,6 @@ class GrpoTrainer(rlgen.Trainer):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(context.seed)
                 model = apply_lora(model, p.lora)
-        elif p.beta > 0:
-            ref = load_causal_lm(path, dtype=_DTYPE_OF_PRECISION[self.precision], trust_remote_code=mcfg.trust_remote_code)
-            ref.requires_grad_(False)
-            self.ref_model = ref.to(self.device).eval()
         total = p.total_updates or context.config.run.steps * p.epochs * p.mini_batches
         config = ds.build_ds_config(
             zero_stage=self.zero_stage, precision=self.precision, micro_batch_size=p.micro_batch_size,
@@ -285,24 +287,33 @@ class GrpoTrainer(rlgen.Trainer):
 
     @torch.no_grad()
     def _frozen_logprobs(self, batch: PolicyBatch, plan: StepPlan, which: str, temperature: float) -> torch.Tensor:
-        """log-probs [B, T] of the completions under pi_old (``old``) or pi_ref (``ref``), taken once."""
+        """log-probs [B, T] of the completions under pi_old (``old``) or pi_ref (``ref``), taken once.
+
+        The passes are the training micro-batches, not bigger no-grad ones: with the same rows the
+        trimmed shapes and so the arithmetic are the same, so before any update pi_ref and pi_old
+        equal pi_theta bitwise. Other shapes differ in the last bits, the k3 KL then has a gradient
+        of pure noise, and Adam's normalisation turns that into a full-size step (0.003 on a
+        log-prob after one update at lr 1e-3 on the tiny Llama).
+        """
         out = torch.zeros(batch.completion_ids.shape, dtype=torch.float32, device=self.device)
         separate_ref = which == "ref" and self.ref_model is not None
         # passes through the engine must be balanced across ranks under ZeRO-3 (forward gathers params)
         balance = not separate_ref and self.zero_stage == 3
-        for mini in plan.passes:
-            for rows in mini:
-                if rows is None and not balance:
-                    continue
-                if separate_ref:
+        for rows in (rows for mini in plan.passes for rows in mini):
+            if rows is None and not balance:
+                continue
+            if separate_ref:
+                # no engine hooks on the reference: inference mode skips autograd's bookkeeping altogether
+                with torch.inference_mode():
                     logits, mb = self._logits(self.ref_model, batch, rows)
-                elif which == "ref":
-                    with self.engine.module.disable_adapter():  # LoRA: the base model is the reference
-                        logits, mb = self._logits(self.engine, batch, rows if rows is not None else torch.tensor([0]))
-                else:
+                    logp = token_logprobs(logits, mb.targets, temperature)
+            else:
+                with self.engine.module.disable_adapter() if which == "ref" else contextlib.nullcontext():
+                    # LoRA: the adapter-disabled base model is the reference
                     logits, mb = self._logits(self.engine, batch, rows if rows is not None else torch.tensor([0]))
-                if rows is not None:
-                    out[rows.to(self.device), : mb.width] = token_logprobs(logits, mb.targets, temperature)
+                logp = token_logprobs(logits, mb.targets, temperature)
+            if rows is not None:
+                out[rows.to(self.device), : mb.width] = logp
         return out
 
     def _backward(self, loss: torch.Tensor) -> None:

@@ -31,7 +31,7 @@ from . import engine as ds
 from . import safe_load
 from .batching import PolicyBatch, build_policy_batch, micro_batch_count, split_rows
 from .export import full_state, replace_dir, save_hf_folder
-from .loss import Aggregation, grpo_loss, token_entropy, token_logprobs
+from .loss import Aggregation, grpo_loss, token_logprobs, token_logprobs_and_entropy
 
 CHECKPOINT_FORMAT = 1
 STATE_FILE = "trainer.json"
@@ -390,7 +390,10 @@ class GrpoTrainer(rlgen.Trainer):
                         loss = logits.float().sum() * 0.0
                     else:
                         logits, mb = self._logits(self.engine, batch, rows)
-                        logp = token_logprobs(logits, mb.targets, temperature)
+                        if p.log_entropy:
+                            logp, entropy = token_logprobs_and_entropy(logits, mb.targets, temperature)
+                        else:
+                            logp = token_logprobs(logits, mb.targets, temperature)
                         d_rows = rows.to(self.device)
                         old = logp.detach() if logp_old is None else logp_old[d_rows, : mb.width]
                         if sampled is not None and logp_old is None:  # one update per rollout: this is the first pass
@@ -410,7 +413,7 @@ class GrpoTrainer(rlgen.Trainer):
                         if out.kl is not None:
                             sums[3] += float((out.kl.detach() * m).sum())
                         if p.log_entropy:
-                            sums[4] += float((token_entropy(logits, temperature) * m).sum())
+                            sums[4] += float((entropy * m).sum())
                     clock["forward"] += time.perf_counter() - tick
                     tick = time.perf_counter()
                     self._backward(loss)

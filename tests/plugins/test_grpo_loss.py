@@ -13,7 +13,9 @@ from rlgen.errors import ConfigError
 from rlgen_plugins.grpo import GrpoTrainer
 from rlgen_plugins.grpo.batching import build_policy_batch, split_rows
 from rlgen_plugins.grpo.engine import build_ds_config, lr_multiplier, merge_config
-from rlgen_plugins.grpo.loss import AGGREGATIONS, aggregate, grpo_loss, k3_kl, token_entropy, token_logprobs
+from rlgen_plugins.grpo.loss import (
+    AGGREGATIONS, aggregate, grpo_loss, k3_kl, token_entropy, token_logprobs, token_logprobs_and_entropy,
+)
 
 EPS_LOW, EPS_HIGH, BETA = 0.2, 0.28, 0.1
 
@@ -126,6 +128,13 @@ def test_logprobs_and_entropy_match_torch_distributions():
     dist = torch.distributions.Categorical(logits=logits / 0.7)
     torch.testing.assert_close(token_logprobs(logits, targets, temperature=0.7), dist.log_prob(targets))
     torch.testing.assert_close(token_entropy(logits, temperature=0.7), dist.entropy())
+    # the trainer's shared-logsumexp version: bitwise both of them, gradient for the log-probs only
+    for temperature in (1.0, 0.7):
+        leaf = logits.clone().requires_grad_(True)
+        logp, entropy = token_logprobs_and_entropy(leaf, targets, temperature=temperature)
+        assert torch.equal(logp, token_logprobs(logits, targets, temperature=temperature))
+        assert torch.equal(entropy, token_entropy(logits, temperature=temperature))
+        assert logp.requires_grad and not entropy.requires_grad
 
 
 def test_aggregate_rejects_unknown_mode():
@@ -222,6 +231,11 @@ def test_ds_config_switches():
     torch_offload = ds_config(offload_optimizer=True)
     assert torch_offload["zero_force_ds_cpu_optimizer"] is False
     assert ds_config(optimizer="torch-fused")["optimizer"]["params"]["fused"] is True
+    # torch's fused AdamW where it has a kernel for the device holding the states (CPU when offloaded)
+    assert cpu["optimizer"]["params"]["fused"] is True
+    assert "fused" not in ds_config(device_type="hpu")["optimizer"]["params"]
+    assert ds_config(device_type="hpu", offload_optimizer=True)["optimizer"]["params"]["fused"] is True
+    assert ds_config(device_type="hpu", optimizer="torch-fused")["optimizer"]["params"]["fused"] is True
     merged = ds_config(extra={"zero_optimization": {"overlap_comm": True}, "steps_per_print": 10})
     assert merged["zero_optimization"] == {"stage": 2, "overlap_comm": True} and merged["steps_per_print"] == 10
     assert merge_config({"a": {"b": 1}}, {"a": {"c": 2}}) == {"a": {"b": 1, "c": 2}}

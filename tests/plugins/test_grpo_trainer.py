@@ -123,6 +123,37 @@ def test_zero_stages_agree(reg, tmp_path):
                                        msg=lambda m, stage=stage, name=name: f"ZeRO-{stage} {name}: {m}")
 
 
+def test_one_rank_zero0_update_is_a_plain_torch_adamw_step(reg, tmp_path, tiny_llama):
+    """No all-reduce, fused AdamW, DeepSpeed's clipping: still Eq. 6 + clip + AdamW written in plain torch."""
+    from rlgen_plugins.grpo.batching import build_policy_batch
+    from rlgen_plugins.grpo.loss import grpo_loss, token_logprobs
+    from rlgen_plugins.models import load_causal_lm
+
+    trainer = make_trainer(reg, tmp_path, beta=0.0, micro_batch_size=6, max_grad_norm=0.5, loss_aggregation="token-mean")
+    assert trainer.zero_stage == 0
+    model = load_causal_lm(tiny_llama, dtype="float32")
+    # the textbook loop (foreach=False), not the fused kernel the trainer asks for
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, foreach=False)
+    for seed in (30, 31, 32):
+        rollout, adv = make_rollout(seed)
+        mb = build_policy_batch(rollout, adv, plugin="test").micro(torch.arange(6))
+        logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask, position_ids=mb.position_ids,
+                       logits_to_keep=mb.width + 1, use_cache=False).logits[:, :-1]
+        logp = token_logprobs(logits, mb.targets)
+        grpo_loss(logp, logp.detach(), mb.advantages, mb.mask, aggregation="token-mean").loss.backward()
+        norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5))
+        opt.step()
+        opt.zero_grad()
+        metrics = trainer.step(rollout, adv)
+        assert metrics["grad_norm"] == pytest.approx(norm, rel=1e-5)
+    assert norm > 0.5  # clipping was exercised
+    trained, initial = params_of(trainer), load_causal_lm(tiny_llama, dtype="float32").state_dict()
+    assert all(not torch.equal(trained[name], initial[name]) for name in trained)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(trained[name], value, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+    trainer.close()
+
+
 def run_steps(trainer, seeds):
     return [{k: m[k] for k in EXACT_METRICS if k in m} for m in (trainer.step(*make_rollout(s)) for s in seeds)]
 

@@ -13,7 +13,10 @@ Two slow JIT builds are kept out of the default path on purpose:
   module-level dict ``deepspeed.ops.__compatible_ops__`` before building it, so marking the op
   incompatible there skips the build; ``shm_comm: true`` restores DeepSpeed's default.
 - The config optimizer ``AdamW`` JIT-builds FusedAdam (GPU) or DeepSpeedCPUAdam (offload)
-  unless ``"torch_adam": true``; ``optimizer: torch`` (the default) sets it.
+  unless ``"torch_adam": true``; ``optimizer: torch`` (the default) sets it, and asks
+  ``torch.optim.AdamW`` for its fused kernel where torch has one for the device: on CPU the
+  default single-tensor loop makes about ten passes over every parameter per update (0.5-0.8 s
+  for 135M fp32 parameters on one thread), the fused kernel one (0.16 s).
 
 deepspeed is imported inside the functions, so importing this module (and listing plugins)
 never needs it.
@@ -33,6 +36,8 @@ import torch
 Precision = Literal["fp32", "bf16", "fp16"]
 Schedule = Literal["constant", "linear", "cosine"]
 OptimizerImpl = Literal["torch", "torch-fused", "deepspeed"]
+#: devices torch.optim.AdamW(fused=True) runs on (torch >= 2.4)
+FUSED_ADAM_DEVICES = ("cpu", "cuda", "xpu", "mps")
 
 #: set by a launcher (torchrun, the deepspeed launcher); a single process gets defaults
 DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -180,13 +185,15 @@ def build_ds_config(
     offload_optimizer: bool,
     offload_params: bool,
     pin_memory: bool,
+    device_type: str = "cpu",
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The DeepSpeed config for the trainer's params.
 
     Gradient accumulation is driven by the trainer (it marks the accumulation boundary of
     every update itself, since a rollout's size varies), so ``gradient_accumulation_steps``
-    stays 1 and ``train_batch_size`` only has to be consistent.
+    stays 1 and ``train_batch_size`` only has to be consistent. ``device_type`` is where the
+    optimizer states live (CPU when offloaded), which decides whether ``torch`` can be fused.
     """
     opt_params: dict[str, Any] = {
         "lr": learning_rate,
@@ -197,7 +204,8 @@ def build_ds_config(
     if optimizer in ("torch", "torch-fused"):
         # torch.optim.AdamW: nothing to JIT-build (FusedAdam / DeepSpeedCPUAdam otherwise)
         opt_params["torch_adam"] = True
-        if optimizer == "torch-fused":
+        states_on = "cpu" if offload_optimizer else device_type
+        if optimizer == "torch-fused" or states_on in FUSED_ADAM_DEVICES:
             opt_params["fused"] = True
     zero: dict[str, Any] = {"stage": zero_stage}
     if offload_optimizer:

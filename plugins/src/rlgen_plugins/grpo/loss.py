@@ -45,6 +45,25 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: flo
     return picked - torch.logsumexp(z, dim=-1)
 
 
+def token_logprobs_and_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`token_logprobs` and :func:`token_entropy` (no gradient) sharing one logsumexp over the vocabulary.
+
+    Bitwise what the two functions give separately; the logsumexp over [B, T, V] is one of the few
+    passes over the logits a training step makes, so the trainer's entropy metric reuses it.
+    """
+    z = logits.float()
+    if temperature != 1.0:
+        z = z / temperature
+    lse = torch.logsumexp(z, dim=-1)
+    logp = torch.gather(z, -1, targets.unsqueeze(-1)).squeeze(-1) - lse
+    with torch.no_grad():
+        z = z.detach()
+        entropy = lse.detach() - (torch.softmax(z, dim=-1) * z).sum(-1)
+    return logp, entropy
+
+
 @torch.no_grad()
 def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Entropy H(pi(. | context)) = logsumexp(z) - sum_v p_v z_v per position, [B, T] (a metric; no gradient)."""

@@ -10,6 +10,8 @@ ranks give the same update as one process on the concatenated batch.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import os
 import random
@@ -29,7 +31,7 @@ from . import engine as ds
 from . import safe_load
 from .batching import PolicyBatch, build_policy_batch, micro_batch_count, split_rows
 from .export import full_state, replace_dir, save_hf_folder
-from .loss import Aggregation, grpo_loss, token_entropy, token_logprobs
+from .loss import Aggregation, grpo_loss, token_logprobs, token_logprobs_and_entropy
 
 CHECKPOINT_FORMAT = 1
 STATE_FILE = "trainer.json"
@@ -96,8 +98,9 @@ class GrpoParams(rlgen.Params):
     )
     optimizer: Literal["torch", "torch-fused", "deepspeed"] = Field(
         "torch",
-        description="AdamW implementation: torch (nothing to build), torch-fused (GPU), deepspeed "
-        "(FusedAdam on GPU, DeepSpeedCPUAdam with offload; JIT-compiled on first use)",
+        description="AdamW implementation: torch (torch.optim.AdamW, nothing to build; its fused kernel on CPU/CUDA/XPU/MPS), "
+        "torch-fused (the fused kernel, required), deepspeed (FusedAdam on GPU, DeepSpeedCPUAdam with offload; "
+        "JIT-compiled on first use)",
     )
     offload_optimizer: bool = Field(False, description="keep optimizer states in CPU memory (ZeRO stage >= 1)")
     offload_params: bool = Field(False, description="keep parameters in CPU memory between uses (ZeRO stage 3)")
@@ -234,6 +237,11 @@ class GrpoTrainer(rlgen.Trainer):
                                         trust_remote_code=mcfg.trust_remote_code)
         # fp32 master weights: DeepSpeed casts the module for bf16/fp16 and keeps fp32 copies in the optimizer
         model = load_causal_lm(path, dtype="float32", trust_remote_code=mcfg.trust_remote_code)
+        if p.lora is None and p.beta > 0:
+            # the reference is the policy as loaded: a copy in memory, not a second read from disk
+            ref = copy.deepcopy(model).to(_DTYPE_OF_PRECISION[self.precision])
+            ref.requires_grad_(False)
+            self.ref_model = ref.to(self.device).eval()
         if p.disable_dropout:
             disable_dropout(model)
         if p.gradient_checkpointing:
@@ -243,17 +251,13 @@ class GrpoTrainer(rlgen.Trainer):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(context.seed)
                 model = apply_lora(model, p.lora)
-        elif p.beta > 0:
-            ref = load_causal_lm(path, dtype=_DTYPE_OF_PRECISION[self.precision], trust_remote_code=mcfg.trust_remote_code)
-            ref.requires_grad_(False)
-            self.ref_model = ref.to(self.device).eval()
         total = p.total_updates or context.config.run.steps * p.epochs * p.mini_batches
         config = ds.build_ds_config(
             zero_stage=self.zero_stage, precision=self.precision, micro_batch_size=p.micro_batch_size,
             world_size=self.world_size, learning_rate=p.learning_rate, betas=p.adam_betas, eps=p.adam_eps,
             weight_decay=p.weight_decay, max_grad_norm=p.max_grad_norm, optimizer=p.optimizer,
             offload_optimizer=p.offload_optimizer, offload_params=p.offload_params,
-            pin_memory=self.device.type != "cpu", extra=p.deepspeed_config,
+            pin_memory=self.device.type != "cpu", device_type=self.device.type, extra=p.deepspeed_config,
         )
         scheduler = ds.scheduler_factory(warmup=p.warmup_updates, total=total, schedule=p.lr_schedule,
                                          min_ratio=p.min_lr_ratio)
@@ -289,25 +293,42 @@ class GrpoTrainer(rlgen.Trainer):
 
     @torch.no_grad()
     def _frozen_logprobs(self, batch: PolicyBatch, plan: StepPlan, which: str, temperature: float) -> torch.Tensor:
-        """log-probs [B, T] of the completions under pi_old (``old``) or pi_ref (``ref``), taken once."""
+        """log-probs [B, T] of the completions under pi_old (``old``) or pi_ref (``ref``), taken once.
+
+        The passes are the training micro-batches, not bigger no-grad ones: with the same rows the
+        trimmed shapes and so the arithmetic are the same, so before any update pi_ref and pi_old
+        equal pi_theta bitwise. Other shapes differ in the last bits, the k3 KL then has a gradient
+        of pure noise, and Adam's normalisation turns that into a full-size step (0.003 on a
+        log-prob after one update at lr 1e-3 on the tiny Llama).
+        """
         out = torch.zeros(batch.completion_ids.shape, dtype=torch.float32, device=self.device)
         separate_ref = which == "ref" and self.ref_model is not None
         # passes through the engine must be balanced across ranks under ZeRO-3 (forward gathers params)
         balance = not separate_ref and self.zero_stage == 3
-        for mini in plan.passes:
-            for rows in mini:
-                if rows is None and not balance:
-                    continue
-                if separate_ref:
+        for rows in (rows for mini in plan.passes for rows in mini):
+            if rows is None and not balance:
+                continue
+            if separate_ref:
+                # no engine hooks on the reference: inference mode skips autograd's bookkeeping altogether
+                with torch.inference_mode():
                     logits, mb = self._logits(self.ref_model, batch, rows)
-                elif which == "ref":
-                    with self.engine.module.disable_adapter():  # LoRA: the base model is the reference
-                        logits, mb = self._logits(self.engine, batch, rows if rows is not None else torch.tensor([0]))
-                else:
+                    logp = token_logprobs(logits, mb.targets, temperature)
+            else:
+                with self.engine.module.disable_adapter() if which == "ref" else contextlib.nullcontext():
+                    # LoRA: the adapter-disabled base model is the reference
                     logits, mb = self._logits(self.engine, batch, rows if rows is not None else torch.tensor([0]))
-                if rows is not None:
-                    out[rows.to(self.device), : mb.width] = token_logprobs(logits, mb.targets, temperature)
+                logp = token_logprobs(logits, mb.targets, temperature)
+            if rows is not None:
+                out[rows.to(self.device), : mb.width] = logp
         return out
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        # On one rank at ZeRO-0 DeepSpeed would still flatten every gradient into one buffer,
+        # all-reduce it with itself and copy it back at each update (twice the model's size in
+        # memory traffic, and a buffer that size); the sum over one rank is the identity.
+        alone = self.world_size == 1 and self.zero_stage == 0
+        with self.engine.no_sync() if alone else contextlib.nullcontext():
+            self.engine.backward(loss, scale_wrt_gas=False)
 
     def _grad_norm_before_step(self) -> float | None:
         """Global gradient norm where DeepSpeed does not report one (ZeRO stage 0; grads are already averaged)."""
@@ -375,7 +396,10 @@ class GrpoTrainer(rlgen.Trainer):
                         loss = logits.float().sum() * 0.0
                     else:
                         logits, mb = self._logits(self.engine, batch, rows)
-                        logp = token_logprobs(logits, mb.targets, temperature)
+                        if p.log_entropy:
+                            logp, entropy = token_logprobs_and_entropy(logits, mb.targets, temperature)
+                        else:
+                            logp = token_logprobs(logits, mb.targets, temperature)
                         d_rows = rows.to(self.device)
                         old = logp.detach() if logp_old is None else logp_old[d_rows, : mb.width]
                         if sampled is not None and logp_old is None:  # one update per rollout: this is the first pass
@@ -395,10 +419,10 @@ class GrpoTrainer(rlgen.Trainer):
                         if out.kl is not None:
                             sums[3] += float((out.kl.detach() * m).sum())
                         if p.log_entropy:
-                            sums[4] += float((token_entropy(logits, temperature) * m).sum())
+                            sums[4] += float((entropy * m).sum())
                     clock["forward"] += time.perf_counter() - tick
                     tick = time.perf_counter()
-                    self.engine.backward(loss, scale_wrt_gas=False)
+                    self._backward(loss)
                     clock["backward"] += time.perf_counter() - tick
                     if last:
                         tick = time.perf_counter()

@@ -130,9 +130,11 @@ class _Run:
             if self.worker is not None:
                 states["sampler"] = self.worker.state_dict()
                 if step + 1 in self._weights_step:  # the rollout in flight: its weights are gone after this step
-                    rollout, _, _ = self.worker.peek(step + 1)
-                    save_rollout(rollout, staging / ROLLOUT_DIR,
-                                 {"step": step + 1, "weights_step": self._weights_step[step + 1]})
+                    rollout, sync_metrics, generate_s = self.worker.peek(step + 1)
+                    save_rollout(rollout, staging / ROLLOUT_DIR, {
+                        "step": step + 1, "weights_step": self._weights_step[step + 1],
+                        "sync_metrics": sync_metrics, "generate_s": generate_s,
+                    })
             checkpoints.finish(staging, final, {"step": step, "metrics": metrics}, states)
             checkpoints.prune(self.ckpt_root, self.config.run.keep_checkpoints)
         _barrier()
@@ -169,7 +171,7 @@ class _Run:
                 log.info("the checkpoint's rollout in flight is not used: run.async_rollouts is 0",
                          checkpoint=str(folder))
             elif info.get("step") == step + 1 and isinstance(info.get("weights_step"), int):
-                self.worker.put(step + 1, rollout)
+                self.worker.put(step + 1, rollout, dict(info.get("sync_metrics") or {}), float(info.get("generate_s", 0.0)))
                 self._weights_step[step + 1] = info["weights_step"]
         log.info("resumed", step=step, checkpoint=str(folder))
         return int(loop_state["step"])

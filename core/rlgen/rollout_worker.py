@@ -204,9 +204,9 @@ class SamplerWorker:
             self._ready[got] = (rollout, metrics, seconds)
         return self._ready[step]
 
-    def put(self, step: int, rollout: Rollout) -> None:
+    def put(self, step: int, rollout: Rollout, sync_metrics: dict[str, float], generate_s: float) -> None:
         """A rollout of ``step`` from elsewhere (a checkpoint), taken as if the worker had made it."""
-        self._ready[step] = (rollout, {}, 0.0)
+        self._ready[step] = (rollout, sync_metrics, generate_s)
 
     def take(self, step: int) -> tuple[Rollout, dict[str, float], float]:
         out = self.peek(step)

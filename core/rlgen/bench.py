@@ -27,6 +27,9 @@ from .loop import train
 
 #: the loop's own phases, in the order a step runs them
 LOOP_PHASES = ("time/sample_s", "time/reward_s", "time/advantage_s", "time/train_s", "time/sync_s")
+#: with run.async_rollouts: 1, publishing weights (part of time/sample_s) and the sampler process's own
+#: generation time, which overlaps the other phases
+ASYNC_PHASES = ("time/publish_s", "time/generate_worker_s")
 
 
 @dataclass
@@ -45,6 +48,8 @@ class BenchResult:
     completion_tokens_per_step: float = 0.0
     tokens_per_s: float = 0.0
     peak_rss_mb: float = 0.0
+    #: the largest child process (the sampler process of run.async_rollouts: 1; 0 without one)
+    peak_rss_children_mb: float = 0.0
     wall_s: float = 0.0
     step_s: list[float] = field(default_factory=list)
 
@@ -60,7 +65,9 @@ class BenchResult:
         for key, value in self.split_s.items():
             lines.append(f"  {key:<32} {value:8.3f} s")
         lines.append(f"completion tokens/step {self.completion_tokens_per_step:.1f}; {self.tokens_per_s:.1f} tokens/s; "
-                     f"peak RSS {self.peak_rss_mb:.0f} MB; wall {self.wall_s:.1f} s")
+                     f"peak RSS {self.peak_rss_mb:.0f} MB"
+                     + (f" (+ sampler process {self.peak_rss_children_mb:.0f} MB)" if self.peak_rss_children_mb else "")
+                     + f"; wall {self.wall_s:.1f} s")
         return "\n".join(lines)
 
 
@@ -83,7 +90,7 @@ def run_bench(config: RunConfig, *, steps: int = 5, warmup: int = 1, output_dir:
         result = train(cfg, progress=False)
         wall = time.perf_counter() - t0
     rows = result.metrics[warmup:]
-    keys = [k for k in LOOP_PHASES if k in rows[0]]
+    keys = [k for k in LOOP_PHASES + ASYNC_PHASES if k in rows[0]]
     keys += sorted(k for k in rows[0] if k.startswith("trainer/time/"))
     step_times = [float(r["time/step_s"]) for r in rows]
     tokens = statistics.mean(float(r["completion/tokens_mean"]) for r in rows)
@@ -97,6 +104,7 @@ def run_bench(config: RunConfig, *, steps: int = 5, warmup: int = 1, output_dir:
         tokens_per_s=tokens * batch / median_step if median_step > 0 else 0.0,
         # ru_maxrss is in KiB on Linux: the whole process, models, optimizer states and all
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        peak_rss_children_mb=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 if config.run.async_rollouts else 0.0,
         wall_s=wall, step_s=step_times,
     )
 

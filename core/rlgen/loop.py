@@ -56,6 +56,15 @@ def distributed_env() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def check_async_rollouts(config: RunConfig, world_size: int) -> None:
+    """``run.async_rollouts: 1`` runs one sampler process beside one trainer: refuse it for several ranks."""
+    if config.run.async_rollouts and world_size > 1:
+        raise ConfigError(
+            f"{config.origin}: run.async_rollouts: 1 runs on one rank only, this run has {world_size} "
+            f"(sampler '{config.sampler.name}'); set run.async_rollouts: 0 for distributed runs"
+        )
+
+
 def _all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return values
@@ -95,11 +104,7 @@ class _Run:
         self.weights = session.reward_weights(plan)
         self.callbacks = [p.build() for p in plan.callbacks]
         self._eval_rewards: dict[str, RewardProvider] | None = None
-        if config.run.async_rollouts and self.world_size > 1:
-            raise ConfigError(
-                f"{config.origin}: run.async_rollouts: 1 runs on one rank only, this run has {self.world_size} "
-                f"(sampler '{plan.sampler.name}'); set run.async_rollouts: 0 for distributed runs"
-            )
+        check_async_rollouts(config, self.world_size)
         # run.async_rollouts: 1: the sampler process, and the step whose weights sampled each rollout asked of it
         self.worker: SamplerWorker | None = None
         self._weights_step: dict[int, int] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import string
+import subprocess
 import sys
 from pathlib import Path
 
@@ -160,7 +161,17 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path, async_rollou
 
 
 def test_switch_on_refuses_several_ranks(tmp_path, monkeypatch):
+    # `rlgen train --nproc 2`: refused once, before any rank starts
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text(json.dumps(config(tmp_path, "cli", async_rollouts=1).model_dump(mode="json")))
+    cli = subprocess.run([sys.executable, "-m", "rlgen.cli", "train", str(yaml_file), "--nproc", "2"],
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 2
+    assert [ln for ln in cli.stderr.splitlines() if ln.startswith("error:")] == [
+        f"error: {yaml_file}: run.async_rollouts: 1 runs on one rank only, this run has 2 (sampler 'hf'); "
+        "set run.async_rollouts: 0 for distributed runs"]
+    assert not (tmp_path / "cli").exists()
+    # a rank started by a launcher
     monkeypatch.setenv("WORLD_SIZE", "2")
-    cfg = config(tmp_path, "ranks", async_rollouts=1)
     with pytest.raises(rlgen.ConfigError, match=r"run.async_rollouts: 1 runs on one rank only, this run has 2"):
-        train(cfg, progress=False)
+        train(config(tmp_path, "ranks", async_rollouts=1), progress=False)

@@ -8,6 +8,9 @@ learns, and resumes from a checkpoint (which carries the rollout in flight) bit 
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import signal
 import string
 import subprocess
 import sys
@@ -175,3 +178,20 @@ def test_switch_on_refuses_several_ranks(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(rlgen.ConfigError, match=r"run.async_rollouts: 1 runs on one rank only, this run has 2"):
         train(config(tmp_path, "ranks", async_rollouts=1), progress=False)
+
+
+class KillSamplerProcess:
+    """SIGKILLs the sampler process at the end of step 1, while it samples rollout 2."""
+
+    @rlgen.hookimpl
+    def rlgen_on_step_end(self, step):
+        if step == 1:
+            (child,) = [p for p in multiprocessing.active_children() if p.name.startswith("rlgen-sampler-")]
+            os.kill(child.pid, signal.SIGKILL)
+
+
+def test_a_dead_sampler_process_stops_the_run_with_one_clear_error(tmp_path):
+    cfg = config(tmp_path, "dead", async_rollouts=1)
+    with pytest.raises(rlgen.PluginError, match=r"sampler 'hf': its process \(run.async_rollouts: 1\) died \(exit code -9\)"):
+        train(cfg, registry=discover(plugins=[KillSamplerProcess()]), progress=False)
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("rlgen-sampler-")]

@@ -27,6 +27,9 @@ from .loop import train
 
 #: the loop's own phases, in the order a step runs them
 LOOP_PHASES = ("time/sample_s", "time/reward_s", "time/advantage_s", "time/train_s", "time/sync_s")
+#: with run.async_rollouts: 1, publishing weights (part of time/sample_s) and the sampler process's own
+#: generation time, which overlaps the other phases
+ASYNC_PHASES = ("time/publish_s", "time/generate_worker_s")
 
 
 @dataclass
@@ -48,6 +51,8 @@ class BenchResult:
     #: torch.cuda.max_memory_allocated over the whole run (warm-up included), None without CUDA
     peak_gpu_mb: float | None = None
     device: str = "cpu"
+    #: the largest child process (the sampler process of run.async_rollouts: 1; 0 without one)
+    peak_rss_children_mb: float = 0.0
     wall_s: float = 0.0
     step_s: list[float] = field(default_factory=list)
 
@@ -63,7 +68,9 @@ class BenchResult:
         for key, value in self.split_s.items():
             lines.append(f"  {key:<32} {value:8.3f} s")
         lines.append(f"completion tokens/step {self.completion_tokens_per_step:.1f}; {self.tokens_per_s:.1f} tokens/s; "
-                     f"peak RSS {self.peak_rss_mb:.0f} MB; wall {self.wall_s:.1f} s")
+                     f"peak RSS {self.peak_rss_mb:.0f} MB"
+                     + (f" (+ sampler process {self.peak_rss_children_mb:.0f} MB)" if self.peak_rss_children_mb else "")
+                     + f"; wall {self.wall_s:.1f} s")
         if self.peak_gpu_mb is not None:
             lines.append(f"device {self.device}; peak GPU memory allocated {self.peak_gpu_mb:.0f} MB")
         return "\n".join(lines)
@@ -92,7 +99,7 @@ def run_bench(config: RunConfig, *, steps: int = 5, warmup: int = 1, output_dir:
         wall = time.perf_counter() - t0
         peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     rows = result.metrics[warmup:]
-    keys = [k for k in LOOP_PHASES if k in rows[0]]
+    keys = [k for k in LOOP_PHASES + ASYNC_PHASES if k in rows[0]]
     keys += sorted(k for k in rows[0] if k.startswith("trainer/time/"))
     step_times = [float(r["time/step_s"]) for r in rows]
     tokens = statistics.mean(float(r["completion/tokens_mean"]) for r in rows)
@@ -107,6 +114,7 @@ def run_bench(config: RunConfig, *, steps: int = 5, warmup: int = 1, output_dir:
         # ru_maxrss is in KiB on Linux: the whole process, models, optimizer states and all
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         peak_gpu_mb=peak_gpu, device=torch.cuda.get_device_name() if cuda else "cpu",
+        peak_rss_children_mb=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 if config.run.async_rollouts else 0.0,
         wall_s=wall, step_s=step_times,
     )
 

@@ -94,13 +94,15 @@ def _launch_ranks(args: argparse.Namespace, config) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .loop import train
+    from .loop import check_async_rollouts, train
     from .session import prepare
 
     config = _load(args)
     # launch ranks unless this process already is one (torchrun / deepspeed set WORLD_SIZE)
     if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        prepare(config)  # fail here, once, before N processes start
+        # fail here, once, before N processes start
+        check_async_rollouts(config, args.nproc)
+        prepare(config)
         return _launch_ranks(args, config)
     result = train(config, resume=args.resume, allow_config_change=args.allow_config_change)
     print(f"done: {result.last_step} steps; run folder {result.output_dir}")

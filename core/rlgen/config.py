@@ -86,6 +86,12 @@ class RunSection(_Section):
             raise ValueError("must be at least 1, or auto")
         return value
     cache_dir: str | None = Field(None, description="where builtin models/data are materialised (default RLGEN_CACHE_DIR or ~/.cache/rlgen)")
+    async_rollouts: Literal[0, 1] = Field(
+        0, description="rollouts generated ahead of training. 0: on-policy, each rollout is sampled with the weights "
+        "it trains (generation and update take turns). 1: a sampler process generates rollout k+1 with the weights "
+        "of step k-1 while the trainer updates on rollout k, and pi_old of Eq. 6 is the sampler's own log-probs "
+        "(one step off-policy; one rank only; docs/async.md)"
+    )
 
 
 class EvalSection(_Section):

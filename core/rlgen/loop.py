@@ -3,6 +3,10 @@
 Data flows one way through the contracts; the loop validates each hand-over, seeds every RNG
 from (run seed, step, rank) so a resumed run repeats an uninterrupted one, and owns the run
 folder: ``metrics.jsonl``, ``checkpoints/``, ``policy/``.
+
+With ``run.async_rollouts: 1`` the sampler runs in its own process (:mod:`rlgen.rollout_worker`)
+one rollout ahead: while the trainer updates on rollout k, the worker samples rollout k+1 with
+the weights of step k-1, and a checkpoint carries that rollout (:mod:`rlgen.rollout_store`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import os
 import shutil
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -25,15 +29,20 @@ from .advantage import check_advantages
 from .compute import detect_compute
 from .config import RunConfig
 from .discovery import Registry
-from .errors import CheckpointError, ConfigError, PluginFault, RlgenError
+from .errors import CheckpointError, ConfigError, PluginError, PluginFault, RlgenError
 from .evaluate import evaluate_policy
 from .interfaces import Plugin, RewardProvider
 from .resume_config import check_resume_config
+from .rollout_store import load_rollout, save_rollout
+from .rollout_worker import SamplerWorker, WorkerSpec
 from .logs import get_logger
 from .reward import RewardResult, check_reward_result
 from .seeding import seed_everything, step_seed
 
 log = get_logger("rlgen.loop")
+
+#: the folder of a checkpoint holding the rollout in flight (``run.async_rollouts: 1``)
+ROLLOUT_DIR = "rollout"
 
 
 @dataclass
@@ -46,6 +55,15 @@ class RunResult:
 def distributed_env() -> tuple[int, int]:
     """(rank, world size) as set by torchrun or the deepspeed launcher; (0, 1) otherwise."""
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_async_rollouts(config: RunConfig, world_size: int) -> None:
+    """``run.async_rollouts: 1`` runs one sampler process beside one trainer: refuse it for several ranks."""
+    if config.run.async_rollouts and world_size > 1:
+        raise ConfigError(
+            f"{config.origin}: run.async_rollouts: 1 runs on one rank only, this run has {world_size} "
+            f"(sampler '{config.sampler.name}'); set run.async_rollouts: 0 for distributed runs"
+        )
 
 
 def _all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
@@ -87,11 +105,18 @@ class _Run:
         self.weights = session.reward_weights(plan)
         self.callbacks = [p.build() for p in plan.callbacks]
         self._eval_rewards: dict[str, RewardProvider] | None = None
+        check_async_rollouts(config, self.world_size)
+        # run.async_rollouts: 1: the sampler process, and the step whose weights sampled each rollout asked of it
+        self.worker: SamplerWorker | None = None
+        self._weights_step: dict[int, int] = {}
+        self._published: int | None = None
 
     # -- plugin state ---------------------------------------------------------------------
 
     def _stateful(self) -> dict[str, Plugin]:
-        named: dict[str, Plugin] = {"sampler": self.sampler, "advantage": self.advantage}
+        # with a sampler process, the sampler whose state matters is the one there (saved and restored apart)
+        named: dict[str, Plugin] = {"advantage": self.advantage} if self.worker else {"sampler": self.sampler,
+                                                                                      "advantage": self.advantage}
         named.update({f"rewards.{k}": v for k, v in self.rewards.items()})
         named.update({f"callbacks.{i}": c for i, c in enumerate(self.callbacks)})
         return named
@@ -108,6 +133,14 @@ class _Run:
         _barrier()
         if self.context.is_main:
             states = {k: p.state_dict() for k, p in self._stateful().items()}
+            if self.worker is not None:
+                states["sampler"] = self.worker.state_dict()
+                if step + 1 in self._weights_step:  # the rollout in flight: its weights are gone after this step
+                    rollout, sync_metrics, generate_s = self.worker.peek(step + 1)
+                    save_rollout(rollout, staging / ROLLOUT_DIR, {
+                        "step": step + 1, "weights_step": self._weights_step[step + 1],
+                        "sync_metrics": sync_metrics, "generate_s": generate_s,
+                    })
             checkpoints.finish(staging, final, {"step": step, "metrics": metrics}, states)
             checkpoints.prune(self.ckpt_root, self.config.run.keep_checkpoints)
         _barrier()
@@ -136,6 +169,16 @@ class _Run:
         for key, plugin in self._stateful().items():
             if key in states:
                 plugin.load_state_dict(states[key])
+        if self.worker is not None and "sampler" in states:
+            self.worker.load_state_dict(states["sampler"])
+        if (folder / ROLLOUT_DIR).is_dir():
+            rollout, info = load_rollout(folder / ROLLOUT_DIR)
+            if self.worker is None:
+                log.info("the checkpoint's rollout in flight is not used: run.async_rollouts is 0",
+                         checkpoint=str(folder))
+            elif info.get("step") == step + 1 and isinstance(info.get("weights_step"), int):
+                self.worker.put(step + 1, rollout, dict(info.get("sync_metrics") or {}), float(info.get("generate_s", 0.0)))
+                self._weights_step[step + 1] = info["weights_step"]
         log.info("resumed", step=step, checkpoint=str(folder))
         return int(loop_state["step"])
 
@@ -173,13 +216,50 @@ class _Run:
             results[key] = check_reward_result(raw, plugin=provider.name, granularity=provider.granularity, rollout=rollout)
         return results
 
+    def request_rollout(self, step: int, weights_step: int) -> None:
+        """Publish the trainer's weights of ``weights_step`` (once) and have the sampler process sample
+        ``step``'s rollout with them while this process goes on."""
+        assert self.worker is not None
+        sync = self._published != weights_step
+        if sync:
+            with self.blame("trainer", self.trainer.name, "export_weights", step):
+                self.worker.publish(self.trainer)
+            self._published = weights_step
+        prompts = self.source.batch(step, self.rank, self.world_size)
+        self.worker.request(step, prompts, self.config.group_size, step_seed(self.config.run.seed, step, self.rank), sync)
+        self._weights_step[step] = weights_step
+
+    def take_rollout(self, step: int) -> tuple[Any, dict[str, float]]:
+        """The sampler process's rollout of ``step``, marked with its staleness, and the step's async metrics."""
+        assert self.worker is not None
+        with self.blame("sampler", self.sampler.name, "generate", step):
+            rollout, sync_metrics, generate_s = self.worker.take(step)
+        # the trainer now holds the weights of step - 1
+        staleness = step - 1 - self._weights_step.pop(step)
+        if rollout.logprobs is None:
+            raise PluginError(
+                f"{self.config.origin}: run.async_rollouts: 1 needs the sampler's log-probs as pi_old, and sampler "
+                f"'{self.sampler.name}' returns no Rollout.logprobs; set run.async_rollouts: 0"
+            )
+        metrics = {f"sampler/{k}": float(v) for k, v in sync_metrics.items()}
+        metrics.update({"rollout/staleness": float(staleness), "time/generate_worker_s": generate_s})
+        return replace(rollout, staleness=staleness), metrics
+
     def step(self, step: int) -> tuple[dict[str, float], Any, dict[str, RewardResult], torch.Tensor]:
         seed = step_seed(self.config.run.seed, step, self.rank)
         seed_everything(seed)
         t0 = time.perf_counter()
-        prompts = self.source.batch(step, self.rank, self.world_size)
-        with self.blame("sampler", self.sampler.name, "generate", step):
-            rollout = self.sampler.generate(prompts, self.config.group_size, seed)
+        async_metrics: dict[str, float] = {}
+        if self.worker is None:
+            prompts = self.source.batch(step, self.rank, self.world_size)
+            with self.blame("sampler", self.sampler.name, "generate", step):
+                rollout = self.sampler.generate(prompts, self.config.group_size, seed)
+        else:
+            rollout, async_metrics = self.take_rollout(step)
+            tick = time.perf_counter()
+            if step < self.config.run.steps:
+                self.request_rollout(step + 1, weights_step=step - 1)
+            async_metrics["time/publish_s"] = time.perf_counter() - tick
         t1 = time.perf_counter()
         rewards = self.score(rollout, step)
         t2 = time.perf_counter()
@@ -190,8 +270,10 @@ class _Run:
         with self.blame("trainer", self.trainer.name, "step", step):
             trainer_metrics = self.trainer.step(rollout, adv)
         t4 = time.perf_counter()
-        with self.blame("sampler", self.sampler.name, "sync_weights", step):
-            sync_metrics = self.sampler.sync_weights(self.trainer) or {}
+        sync_metrics: dict[str, float] = {}
+        if self.worker is None:  # else the next rollout is being sampled already
+            with self.blame("sampler", self.sampler.name, "sync_weights", step):
+                sync_metrics = self.sampler.sync_weights(self.trainer) or {}
         t5 = time.perf_counter()
 
         mask = rollout.completion_mask
@@ -214,11 +296,17 @@ class _Run:
             "time/sample_s": t1 - t0, "time/reward_s": t2 - t1, "time/advantage_s": t3 - t2,
             "time/train_s": t4 - t3, "time/sync_s": t5 - t4, "time/step_s": t5 - t0,
         })
+        if self.worker is not None:
+            # time/sample_s is the wait for the rollout plus publishing the weights for the next one
+            metrics.update(async_metrics)
         return metrics, rollout, rewards, adv
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Held-out metrics with the live policy; rewards are fresh instances (set up once, kept for
         the run) so that stateful ones (rolling windows) do not learn from eval completions."""
+        if self.worker is not None:  # this process's sampler is used for evaluation only
+            with self.blame("sampler", self.sampler.name, "sync_weights", step):
+                self.sampler.sync_weights(self.trainer)
         if self._eval_rewards is None:
             self._eval_rewards = session.build_rewards(self.plan)
             for r in self._eval_rewards.values():
@@ -241,13 +329,34 @@ class _Run:
         log.info("compute", device=compute.device, dtype=compute.dtype, requested_dtype=cfg.model.dtype,
                  threads=self.context.threads, world_size=self.context.world_size)
         log.info("setting up plugins", trainer=self.plan.trainer.name, sampler=self.plan.sampler.name,
-                 advantage=self.plan.advantage.name, rewards=list(self.rewards))
+                 advantage=self.plan.advantage.name, rewards=list(self.rewards), async_rollouts=cfg.run.async_rollouts)
+        if cfg.run.async_rollouts:
+            # started first: the sampler process loads its model while the trainer sets up
+            self.worker = SamplerWorker(WorkerSpec(
+                sampler_cls=self.plan.sampler.cls, sampler_params=self.plan.sampler.params,
+                config=cfg.model_dump(mode="json"), output_dir=str(self.output_dir),
+                cache_dir=str(self.context.cache_dir), seed=self.context.seed, threads=self.context.threads,
+            ), self.sampler.name)
+        try:
+            return self._run(resume)
+        finally:
+            if self.worker is not None:
+                self.worker.close()
+
+    def _run(self, resume: bool) -> RunResult:
+        cfg = self.config
         self.trainer.setup(self.context)
         self.sampler.setup(self.context)
         for plugin in list(self.rewards.values()) + [self.advantage] + self.callbacks:
             plugin.setup(self.context)
+        if self.worker is not None:
+            with self.blame("sampler", self.sampler.name, "setup", 0):
+                self.worker.wait_ready()
         start = self.restore() if resume else 0
-        self.sampler.sync_weights(self.trainer)
+        if self.worker is None:
+            self.sampler.sync_weights(self.trainer)
+        elif start < cfg.run.steps and start + 1 not in self._weights_step:
+            self.request_rollout(start + 1, weights_step=start)
         for cb in self.callbacks:
             self.registry.pm.register(cb, name=f"callback:{cb.name}:{id(cb):x}")
         self.registry.pm.hook.rlgen_on_run_start(config=cfg, context=self.context)

@@ -41,6 +41,12 @@ class Rollout:
         temperature: the temperature the completions were drawn at. Trainers divide the
             policy's logits by it, so their log-probs are those of the distribution the
             sampler drew from (and ``logprobs`` recorded); greedy decoding records 1.0.
+        staleness: trainer steps between the weights that sampled this rollout and the
+            weights the trainer updates from. The loop sets it; samplers leave it at 0.
+            0 (on-policy): the sampling policy is the trainer's current one, so a trainer
+            may take pi_old of Eq. 6 from its own forward pass. > 0 (``run.async_rollouts``):
+            the sampling (behaviour) policy is older, ``logprobs`` are its only record, and
+            a trainer must use them as pi_old.
     """
 
     texts: list[str]
@@ -55,6 +61,7 @@ class Rollout:
     logprobs: torch.Tensor | None = None
     temperature: float = 1.0
     extras: dict[str, Any] = field(default_factory=dict)
+    staleness: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -91,6 +98,10 @@ class Rollout:
             raise ValueError(f"Rollout.logprobs must be {tuple(ids.shape)}, got {tuple(self.logprobs.shape)}")
         if not self.temperature > 0:
             raise ValueError(f"Rollout.temperature must be > 0 (greedy records 1.0), got {self.temperature}")
+        if self.staleness < 0:
+            raise ValueError(f"Rollout.staleness must be >= 0, got {self.staleness}")
+        if self.staleness > 0 and self.logprobs is None:
+            raise ValueError(f"Rollout.staleness is {self.staleness}: the behaviour policy's logprobs are required")
         if self.prompt_ids is not None and self.prompt_ids.shape[0] != b:
             raise ValueError(f"Rollout.prompt_ids must have B={b} rows, got {tuple(self.prompt_ids.shape)}")
 

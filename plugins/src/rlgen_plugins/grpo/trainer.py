@@ -348,8 +348,14 @@ class GrpoTrainer(rlgen.Trainer):
             raise PluginError(f"trainer '{self.name}': empty rollout")
         plan = self._plan(batch)
         self.engine.module.train()
-        # with one update per rollout pi_old is the current policy: its log-probs are logp.detach()
-        reuse_old = p.epochs == 1 and p.mini_batches == 1
+        # pi_old of Eq. 6 is the policy that sampled the rollout. A stale rollout (run.async_rollouts) was
+        # sampled by older weights than these: its own log-probs are the only record of that policy
+        behaviour = rollout.staleness > 0
+        if behaviour and rollout.logprobs is None:
+            raise PluginError(f"trainer '{self.name}': the rollout is {rollout.staleness} step(s) stale and "
+                              "carries no Rollout.logprobs to use as pi_old")
+        # on-policy with one update per rollout, pi_old is the current policy: its log-probs are logp.detach()
+        reuse_old = p.epochs == 1 and p.mini_batches == 1 and not behaviour
         # log-probs of the distribution the sampler drew from: logits / the rollout's temperature
         temperature = rollout.temperature
         if p.temperature is not None and abs(p.temperature - temperature) > 1e-9:
@@ -360,7 +366,10 @@ class GrpoTrainer(rlgen.Trainer):
         # where the step's time goes (rlgen bench reads these as trainer/time/*)
         clock = dict.fromkeys(("old", "ref", "forward", "backward", "optimizer"), 0.0)
         tick = time.perf_counter()
-        logp_old = None if reuse_old else self._frozen_logprobs(batch, plan, "old", temperature)
+        if behaviour:
+            logp_old = rollout.logprobs.to(self.device, torch.float32)
+        else:
+            logp_old = None if reuse_old else self._frozen_logprobs(batch, plan, "old", temperature)
         clock["old"], tick = time.perf_counter() - tick, time.perf_counter()
         ref_logp = self._frozen_logprobs(batch, plan, "ref", temperature) if p.beta > 0 else None
         clock["ref"] = time.perf_counter() - tick
@@ -369,6 +378,7 @@ class GrpoTrainer(rlgen.Trainer):
         # first forward pass, before any update
         sampled = None if rollout.logprobs is None else rollout.logprobs.to(self.device, torch.float32)
         agreement = torch.zeros(3, dtype=torch.float64)  # sum |diff|, tokens, max |diff|
+        compared = torch.zeros(batch.size, dtype=torch.bool)  # rows whose first pass was compared
 
         def compare(logp_rows: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor) -> None:
             diff = (logp_rows.detach().float() - sampled[rows, : logp_rows.shape[1]]).abs()[mask.bool()]
@@ -377,7 +387,7 @@ class GrpoTrainer(rlgen.Trainer):
                 agreement[1] += diff.numel()
                 agreement[2] = max(float(agreement[2]), float(diff.max()))
 
-        if sampled is not None and logp_old is not None:
+        if sampled is not None and logp_old is not None and not behaviour:
             every = torch.arange(batch.size, device=self.device)
             compare(logp_old, every, batch.completion_mask.to(self.device))
         # local sums; reduced over ranks at the end
@@ -402,8 +412,10 @@ class GrpoTrainer(rlgen.Trainer):
                             logp = token_logprobs(logits, mb.targets, temperature)
                         d_rows = rows.to(self.device)
                         old = logp.detach() if logp_old is None else logp_old[d_rows, : mb.width]
-                        if sampled is not None and logp_old is None:  # one update per rollout: this is the first pass
+                        # the first pass of the step: one update per rollout, or a stale rollout's pi_old
+                        if sampled is not None and (logp_old is None or behaviour) and not compared[int(rows[0])]:
                             compare(logp, d_rows, mb.mask)
+                            compared[rows] = True
                         ref = None if ref_logp is None else ref_logp[d_rows, : mb.width]
                         out = grpo_loss(
                             logp, old, mb.advantages, mb.mask, ref_logp=ref, beta=p.beta,

@@ -158,10 +158,12 @@ def test_shared_prompt_reference_and_old_logprobs_match(reg, tmp_path, lora):
     trainer.close()
 
 
-def test_three_steps_with_shared_prompts_stay_with_the_concatenated_run(reg, tmp_path):
+@pytest.mark.parametrize("stage,lora", [(0, None), (2, None), (0, {"r": 4})], ids=["zero0", "zero2", "zero0-lora"])
+def test_three_steps_with_shared_prompts_stay_with_the_concatenated_run(reg, tmp_path, stage, lora):
     runs = {}
     for share in (False, True):
-        trainer = make_trainer(reg, tmp_path / str(share), beta=0.04, share_prompt=share)
+        trainer = make_trainer(reg, tmp_path / str(share), beta=0.04, share_prompt=share, zero_stage=stage, lora=lora)
+        assert (trainer.shared_prompt_keyword is not None) == share
         metrics = [trainer.step(*make_group_rollout(10 + s)) for s in range(3)]
         runs[share] = metrics, {k: v.detach().clone() for k, v in trainer.export_weights()}
         trainer.close()
@@ -175,9 +177,11 @@ def test_three_steps_with_shared_prompts_stay_with_the_concatenated_run(reg, tmp
     assert moved < 1e-5
 
 
-def test_shared_prompt_falls_back_under_gradient_checkpointing(reg, tmp_path):
-    trainer = make_trainer(reg, tmp_path, beta=0.0, share_prompt=True, gradient_checkpointing=True)
-    assert trainer.shared_prompt_keyword is None  # checkpointed layers drop the cache: prompt + completion per row
+@pytest.mark.parametrize("unsupported", [{"gradient_checkpointing": True}, {"zero_stage": 3}], ids=["checkpointing", "zero3"])
+def test_shared_prompt_falls_back_where_unsupported(reg, tmp_path, unsupported):
+    trainer = make_trainer(reg, tmp_path, beta=0.0, share_prompt=True, **unsupported)
+    # checkpointed layers drop the cache; ZeRO-3 gathers parameters per forward: prompt + completion per row
+    assert trainer.shared_prompt_keyword is None
     metrics = trainer.step(*make_group_rollout(3))
     assert metrics["updates"] == 1.0
     trainer.close()

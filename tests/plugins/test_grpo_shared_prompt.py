@@ -44,7 +44,8 @@ def make_group_rollout(seed: int, t: int = 8, vocab: int = 600) -> tuple[rlgen.R
     for i in range(b):
         cid[i, : clen[i]] = torch.randint(3, vocab, (int(clen[i]),), generator=g)
         cm[i, : clen[i]] = True
-    cm[1, 2] = False  # a token a post-processor removed: masked where it stands
+    if t > 3:
+        cm[1, 2] = False  # a token a post-processor removed: masked where it stands
     adv = torch.randn(b, t, generator=g) * cm
     rollout = rlgen.Rollout(texts=["x"] * b, completion_ids=cid, completion_mask=cm,
                             group=torch.arange(b) // G, prompt_ids=pid, prompt_mask=pm)
@@ -138,13 +139,15 @@ def test_shared_prompt_logprobs_and_gradients_match_the_concatenated_forward(reg
     trainer.close()
 
 
+@pytest.mark.parametrize("t", [8, 1], ids=["completions", "one-token-completions"])
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_shared_prompt_reference_and_old_logprobs_match(reg, tmp_path, lora):
+def test_shared_prompt_reference_and_old_logprobs_match(reg, tmp_path, lora, t):
     params = {"beta": 0.04, "share_prompt": True}
     if lora:
         params["lora"] = {"r": 4}
     trainer = make_trainer(reg, tmp_path, **params)
-    rollout, adv = make_group_rollout(2)
+    # one-token completions: the prompt pass alone predicts everything
+    rollout, adv = make_group_rollout(2, t=t)
     batch = build_policy_batch(rollout, adv, plugin="grpo")
     plan = trainer._plan(batch)
     keyword = trainer.shared_prompt_keyword

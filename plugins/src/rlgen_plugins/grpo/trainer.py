@@ -32,6 +32,7 @@ from . import safe_load
 from .batching import PolicyBatch, build_policy_batch, micro_batch_count, split_rows
 from .export import full_state, replace_dir, save_hf_folder
 from .loss import Aggregation, grpo_loss, token_logprobs, token_logprobs_and_entropy
+from .shared_prompt import SharedPromptMicroBatch, cache_keyword, shared_prompt_logits
 
 CHECKPOINT_FORMAT = 1
 STATE_FILE = "trainer.json"
@@ -87,6 +88,11 @@ class GrpoParams(rlgen.Params):
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward to save memory")
     disable_dropout: bool = Field(True, description="set every dropout to 0 so pi_theta and pi_old agree on the first pass")
     log_entropy: bool = Field(True, description="log the policy entropy on completion tokens (one extra softmax per pass)")
+    share_prompt: bool = Field(
+        False, description="forward each distinct prompt of a micro-batch once and run its completions on its KV cache "
+        "(pi_old, reference, policy forward and backward): exact up to float rounding; falls back to prompt + completion "
+        "per row under ZeRO-3, gradient checkpointing, or a model that takes no cache"
+    )
     # -- engine --
     zero_stage: Literal[0, 1, 2, 3, "auto"] = Field(
         "auto", description="DeepSpeed ZeRO stage 0-3 (the paper trains with 2); auto: 0 on one rank in fp32, where "
@@ -215,6 +221,8 @@ class GrpoTrainer(rlgen.Trainer):
         self.device = torch.device("cpu")
         self.precision = "fp32"
         self.zero_stage = 0
+        #: the KV-cache keyword of the model when prompts are shared (params.share_prompt and supported), else None
+        self.shared_prompt_keyword: str | None = None
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -262,6 +270,8 @@ class GrpoTrainer(rlgen.Trainer):
         scheduler = ds.scheduler_factory(warmup=p.warmup_updates, total=total, schedule=p.lr_schedule,
                                          min_ratio=p.min_lr_ratio)
         self.engine = ds.initialize(model, config, scheduler)
+        if p.share_prompt:
+            self.shared_prompt_keyword = self._shared_prompt_support(model)
         # loads of our checkpoints run no code from the files (see safe_load)
         safe_load.install(self.engine, self.name)
         self.engine.module.eval()
@@ -282,7 +292,23 @@ class GrpoTrainer(rlgen.Trainer):
             passes.append([chunk if len(chunk) else None for chunk in split_rows(rows, n)])
         return StepPlan(passes, counts[:, 0].tolist(), counts[:, 1].tolist())
 
+    def _shared_prompt_support(self, model: torch.nn.Module) -> str | None:
+        """The cache keyword when the prompt can be shared here, else None (with a warning saying why)."""
+        keyword = cache_keyword(model)
+        # ZeRO-3 gathers parameters inside each forward and expects balanced passes; checkpointed layers drop the cache
+        why = ("ZeRO-3" if self.zero_stage == 3 else "gradient_checkpointing" if self.params.gradient_checkpointing
+               else f"{type(model).__name__} takes no KV cache" if keyword is None else None)
+        if why is not None:
+            rlgen.get_logger("rlgen.trainer").warning(
+                f"trainer '{self.name}': share_prompt is not supported with {why}; each row runs prompt + completion"
+            )
+            return None
+        return keyword
+
     def _logits(self, module: Any, batch: PolicyBatch, rows: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        if self.shared_prompt_keyword is not None:
+            shared = SharedPromptMicroBatch.from_rows(batch, rows).to(self.device)
+            return shared_prompt_logits(module, shared, self.shared_prompt_keyword), shared
         mb = batch.micro(rows).to(self.device)
         out = module(
             input_ids=mb.input_ids, attention_mask=mb.attention_mask, position_ids=mb.position_ids,

@@ -129,7 +129,9 @@ def test_one_rank_zero0_update_is_a_plain_torch_adamw_step(reg, tmp_path, tiny_l
     from rlgen_plugins.grpo.loss import grpo_loss, token_logprobs
     from rlgen_plugins.models import load_causal_lm
 
-    trainer = make_trainer(reg, tmp_path, beta=0.0, micro_batch_size=6, max_grad_norm=0.5, loss_aggregation="token-mean")
+    # the reference below forwards prompt + completion per row: compare with that path, not the shared-prompt one
+    trainer = make_trainer(reg, tmp_path, beta=0.0, micro_batch_size=6, max_grad_norm=0.5, loss_aggregation="token-mean",
+                           share_prompt=False)
     assert trainer.zero_stage == 0
     model = load_causal_lm(tiny_llama, dtype="float32")
     # the textbook loop (foreach=False), not the fused kernel the trainer asks for

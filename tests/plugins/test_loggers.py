@@ -75,6 +75,20 @@ def test_samples_every_n_steps_with_per_reward_scores(make_context, tiny_llama, 
     assert [r["step"] for r in read_jsonl(ctx.output_dir / "samples.jsonl")] == [1] * 4 + [2, 2, 4, 4]
 
 
+def test_a_torn_last_samples_line_is_trimmed_on_resume(make_context, tiny_llama, step_data) -> None:
+    ctx = make_context(str(tiny_llama))
+    run_steps(SamplesLogger(SamplesLogger.Params(every=1, max_samples=1)), ctx, [1, 2], step_data)
+    path = ctx.output_dir / "samples.jsonl"
+    path.write_text(path.read_text(encoding="utf-8") + '{"step": 3, "te', encoding="utf-8")  # power loss mid-line
+    run_steps(SamplesLogger(SamplesLogger.Params(every=1, max_samples=1)), ctx, [3], step_data)
+    assert [r["step"] for r in read_jsonl(path)] == [1, 2, 3]
+    # damage before the last line is not guessed away
+    lines = path.read_text(encoding="utf-8").splitlines()
+    path.write_text("\n".join([lines[0], "not json", *lines[1:]]) + "\n", encoding="utf-8")
+    with pytest.raises(rlgen.PluginError, match=r"samples.jsonl:2: not a samples line"):
+        run_steps(SamplesLogger(SamplesLogger.Params(every=1, max_samples=1)), ctx, [3], step_data)
+
+
 def test_samples_only_on_the_main_rank(make_context, tiny_llama, step_data) -> None:
     ctx = make_context(str(tiny_llama))
     ctx.rank = 1

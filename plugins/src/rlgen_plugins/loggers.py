@@ -114,7 +114,22 @@ class SamplesLogger(rlgen.Callback):
         self._trimmed = True
         if self.path is None or not self.path.exists():
             return
-        kept = [ln for ln in self.path.read_text(encoding="utf-8").splitlines() if ln.strip() and json.loads(ln)["step"] < step]
+        lines = [ln for ln in self.path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+        kept = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                line_step = json.loads(line)["step"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                # a power loss can leave the last line half-written; anything else is damage to show
+                if number == len(lines):
+                    log.warning("trimmed a torn last line", file=str(self.path), line=number)
+                    break
+                raise rlgen.PluginError(
+                    f"callback '{self.name}': {self.path}:{number}: not a samples line (JSON with a 'step'); "
+                    "fix or remove the line"
+                ) from None
+            if line_step < step:
+                kept.append(line)
         self.path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
 
     @staticmethod

@@ -161,6 +161,22 @@ def test_shared_prompt_reference_and_old_logprobs_match(reg, tmp_path, lora, t):
     trainer.close()
 
 
+@pytest.mark.parametrize("mini_batches", [1, 2])
+@pytest.mark.parametrize("share", [True, False], ids=["shared", "concatenated"])
+def test_zero_advantages_leave_the_weights_bitwise_unchanged(reg, tmp_path, share, mini_batches):
+    """pi_ref (a separate copy), pi_old and pi_theta must round identically before any update: the k3 KL
+    gradient of last-bit noise is not zero, and Adam's normalisation makes it a learning-rate-sized step."""
+    trainer = make_trainer(reg, tmp_path, beta=0.04, share_prompt=share, zero_stage=0, mini_batches=mini_batches)
+    assert trainer.ref_model is not None and (trainer.shared_prompt_keyword is not None) == share
+    before = {n: q.detach().clone() for n, q in trainer.engine.module.named_parameters()}
+    rollout, adv = make_group_rollout(0)
+    metrics = trainer.step(rollout, torch.zeros_like(adv))
+    assert metrics["kl"] == 0.0
+    for n, q in trainer.engine.module.named_parameters():
+        assert torch.equal(q.detach(), before[n]), n
+    trainer.close()
+
+
 @pytest.mark.parametrize("stage,lora", [(0, None), (2, None), (0, {"r": 4})], ids=["zero0", "zero2", "zero0-lora"])
 def test_three_steps_with_shared_prompts_stay_with_the_concatenated_run(reg, tmp_path, stage, lora):
     runs = {}

@@ -89,9 +89,9 @@ class GrpoParams(rlgen.Params):
     disable_dropout: bool = Field(True, description="set every dropout to 0 so pi_theta and pi_old agree on the first pass")
     log_entropy: bool = Field(True, description="log the policy entropy on completion tokens (one extra softmax per pass)")
     share_prompt: bool = Field(
-        False, description="forward each distinct prompt of a micro-batch once and run its completions on its KV cache "
+        True, description="forward each distinct prompt of a micro-batch once and run its completions on its KV cache "
         "(pi_old, reference, policy forward and backward): exact up to float rounding; falls back to prompt + completion "
-        "per row under ZeRO-3, gradient checkpointing, or a model that takes no cache"
+        "per row under ZeRO-3, gradient checkpointing, or a model that takes no cache (a warning when set explicitly)"
     )
     # -- engine --
     zero_stage: Literal[0, 1, 2, 3, "auto"] = Field(
@@ -248,7 +248,9 @@ class GrpoTrainer(rlgen.Trainer):
         if p.lora is None and p.beta > 0:
             # the reference is the policy as loaded: a copy in memory, not a second read from disk
             ref = copy.deepcopy(model).to(_DTYPE_OF_PRECISION[self.precision])
-            ref.requires_grad_(False)
+            # its weights keep requires_grad like the policy's (it only ever runs under inference_mode): torch's
+            # matmul folds a non-contiguous input differently when the weight requires grad, even under no_grad,
+            # and the reference must round exactly as the policy does (see _frozen_logprobs)
             self.ref_model = ref.to(self.device).eval()
         if p.disable_dropout:
             disable_dropout(model)
@@ -299,9 +301,10 @@ class GrpoTrainer(rlgen.Trainer):
         why = ("ZeRO-3" if self.zero_stage == 3 else "gradient_checkpointing" if self.params.gradient_checkpointing
                else f"{type(model).__name__} takes no KV cache" if keyword is None else None)
         if why is not None:
-            rlgen.get_logger("rlgen.trainer").warning(
-                f"trainer '{self.name}': share_prompt is not supported with {why}; each row runs prompt + completion"
-            )
+            # the default needs no apology; a user who asked for it is told why it is off
+            log = rlgen.get_logger("rlgen.trainer")
+            report = log.warning if "share_prompt" in self.params.model_fields_set else log.info
+            report(f"trainer '{self.name}': share_prompt is not supported with {why}; each row runs prompt + completion")
             return None
         return keyword
 

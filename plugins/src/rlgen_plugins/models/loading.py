@@ -147,7 +147,22 @@ def load_causal_lm(
     )
     if device is not None:
         model.to(device)
+    align_cpu_weights(model)
     return model.eval()
+
+
+def align_cpu_weights(model: torch.nn.Module, alignment: int = 64) -> None:
+    """Give every CPU parameter and buffer of ``model`` memory of its own, ``alignment``-byte aligned.
+
+    Weights loaded straight from a safetensors file sit at the file's header offset (24 bytes past a
+    64-byte boundary here), and the CPU matmul kernels round differently on such a buffer than on an
+    aligned copy of the same numbers. The trainer's reference model and the sampler's weights are
+    aligned copies, so an unaligned policy would disagree with them in the last bits before any
+    update, and the KL term's gradient of that noise, normalised by Adam, is a full-size step.
+    """
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.device.type == "cpu" and tensor.data_ptr() % alignment:
+            tensor.data = tensor.data.clone()  # torch's CPU allocator aligns to 64 bytes
 
 
 def load_embedder(

@@ -11,6 +11,11 @@ own modules (embedding, RMSNorm, rotary embedding, activation) and weights, but
 - keeps the KV cache in one preallocated tensor per layer and attends from the single new
   position with two small matmuls.
 
+A PEFT LoRA model (the ``grpo`` trainer's module under ``trainer.params.lora``, which the sampler
+shares) decodes through the same loop: each adapted linear layer's weight is packed merged with
+its active adapters, ``W + scaling * B A`` (PEFT's own ``get_delta_weight``), once per call, while
+``generate`` would run the base and adapter products separately at every step.
+
 Token choice, end-of-row handling and stop criteria are ``generate``'s own: the same logits
 processor chain (the :class:`.seeded.SeededSampler`), a greedy pick of what it allows, pad
 tokens after a row finished, and transformers' ``StoppingCriteria`` objects. So given the same
@@ -29,8 +34,32 @@ import torch.nn.functional as F
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 
 
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under a PEFT wrapper (its adapted layers still carry the adapters), or ``model``."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _is_adapted(module: torch.nn.Module) -> bool:
+    return hasattr(module, "base_layer") and hasattr(module, "lora_A")
+
+
+def effective_weight(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(weight, bias)`` of a linear layer as it acts now: a PEFT LoRA layer's base weight plus the
+    delta of each active adapter (none when adapters are disabled or already merged into the base)."""
+    if not _is_adapted(module):
+        return module.weight.detach(), None if module.bias is None else module.bias.detach()
+    base = module.base_layer
+    weight = base.weight.detach()
+    if not module.disable_adapters and not module.merged:
+        for adapter in module.active_adapters:
+            if adapter in module.lora_A:
+                weight = weight + module.get_delta_weight(adapter).detach()
+    return weight, None if base.bias is None else base.bias.detach()
+
+
 def unsupported_reason(model: torch.nn.Module) -> str | None:
     """Why :func:`decode` cannot run ``model`` (``None`` when it can)."""
+    wrapper, model = model, base_model(model)
     name = type(model).__name__
     if name not in SUPPORTED_ARCHITECTURES:
         return f"architecture {name} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
@@ -39,8 +68,14 @@ def unsupported_reason(model: torch.nn.Module) -> str | None:
         return "pretraining_tp > 1"
     if getattr(config, "hidden_act", "silu") not in ("silu", "swish"):
         return f"hidden_act {config.hidden_act}"
-    if any(p.dtype != torch.float32 and p.device.type == "cpu" for p in model.parameters()):
+    if any(p.dtype != torch.float32 and p.device.type == "cpu" for p in wrapper.parameters()):
         return "non-fp32 weights on CPU"
+    for module in model.modules():
+        if _is_adapted(module):
+            if not isinstance(module.base_layer, torch.nn.Linear):
+                return f"an adapter on {type(module.base_layer).__name__} (only linear layers are merged)"
+            if any(getattr(module, "use_dora", {}).get(a, False) for a in module.active_adapters):
+                return "DoRA adapters"
     return None
 
 
@@ -57,9 +92,8 @@ class Linear:
     few steps). Elsewhere it is plain ``F.linear``.
     """
 
-    def __init__(self, module: torch.nn.Linear, rows: int, pack: bool) -> None:
-        weight = module.weight.detach()
-        self.bias = None if module.bias is None else module.bias.detach()
+    def __init__(self, module: torch.nn.Module, rows: int, pack: bool) -> None:
+        weight, self.bias = effective_weight(module)
         self.packed = pack
         self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, rows) if pack else weight
 
@@ -92,6 +126,7 @@ class LlamaDecoder:
         reason = unsupported_reason(model)
         if reason:
             raise ValueError(f"decode loop does not support this model: {reason}")
+        model = base_model(model)
         self.model = model
         self.rope = apply_rotary_pos_emb
         config = model.config

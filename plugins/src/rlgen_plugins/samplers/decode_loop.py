@@ -268,16 +268,26 @@ def decode(
     key_mask[:, :p] = prompt_mask.index_select(0, index)
     positions = prompt_mask.long().sum(-1).index_select(0, index)  # a row's next position: its real tokens so far
     unfinished = torch.ones(b, dtype=torch.bool, device=device)
+    active = torch.arange(b, device=device)  # the rows the decoder still runs, in order
+    scores = logits.float()
     for t in range(max_new_tokens):
-        scores = logits.float()
         chosen = logits_processor(input_ids, scores).argmax(dim=-1)
         chosen = torch.where(unfinished, chosen, torch.full_like(chosen, pad_token_id))
         input_ids = torch.cat([input_ids, chosen[:, None]], dim=1)
         unfinished &= ~stopping_criteria(input_ids, scores).to(device)
         if t == max_new_tokens - 1 or not bool(unfinished.any()):
             break
-        # like generate, finished rows keep decoding their pad token (nobody reads the result)
         key_mask[:, p + t] = True
-        logits = decoder.step(chosen, positions, p + t, key_mask, caches)
+        # generate keeps decoding a pad token for finished rows; on a CPU a step costs per row, so they
+        # leave the batch (their cache rows too). The logits processor still sees every row, a finished
+        # one with the scores it had last (its draws only advance its own generator; the pad is kept).
+        still = unfinished.nonzero()[:, 0]
+        if len(still) < len(active):
+            keep = torch.searchsorted(active, still)
+            caches = [(k.index_select(0, keep), v.index_select(0, keep)) for k, v in caches]
+            positions = positions.index_select(0, keep)
+            active = still
+        logits = decoder.step(chosen.index_select(0, active), positions, p + t, key_mask.index_select(0, active), caches)
+        scores = scores.index_copy(0, active, logits.float())
         positions = positions + 1
     return input_ids

@@ -3,8 +3,8 @@
 ``generate`` samples every row from one global RNG, so a sample's tokens would depend on the
 rest of the batch. Instead this logits processor, the last in the chain, warps the scores
 (temperature, top-k, top-p, repetition penalty, using transformers' own warpers), draws each
-row's token with that row's own ``torch.Generator`` (inverse-CDF: one uniform number per row
-and step, exact sampling from the warped distribution) and returns scores that allow only that token, so greedy decoding in
+row's token with that row's own ``torch.Generator`` (Gumbel-max, exact sampling from the
+warped distribution) and returns scores that allow only that token, so greedy decoding in
 ``generate`` emits it. On the way it records each token and its log-probability.
 """
 
@@ -78,15 +78,11 @@ class SeededSampler:
             warped = scaled
             for warp in self.warpers:
                 warped = warp(input_ids, warped)
-            # Inverse CDF: the first token whose cumulative probability exceeds u * total, u ~ U[0, 1).
-            # One number per row and step (Gumbel-max drew one per vocabulary entry: ~8 ms a step
-            # for 10 rows of a 49k vocabulary, a tenth of a CPU decode step). The uniforms come
-            # from each row's CPU generator, so a seed gives the same tokens on any device; the
-            # sum runs in float64 so that no token's share is lost to rounding.
-            u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.generators])
-            cdf = torch.softmax(warped, dim=-1).double().cumsum(dim=-1)
-            target = (u.to(scores.device) * cdf[:, -1])[:, None]
-            tokens = torch.searchsorted(cdf, target, right=True)[:, 0].clamp(max=scores.shape[-1] - 1)
+            # Gumbel-max: argmax(logits + G), G = -log(-log U), samples from softmax(logits).
+            # Noise is drawn on the CPU per row, so a seed gives the same tokens on any device.
+            u = torch.stack([torch.rand(scores.shape[-1], generator=g) for g in self.generators])
+            gumbel = -torch.log(-torch.log(u.clamp(min=1e-20, max=1.0 - 1e-7)))
+            tokens = (warped + gumbel.to(scores.device)).argmax(dim=-1)
         else:
             tokens = scores.argmax(dim=-1)
         self.tokens.append(tokens.cpu())

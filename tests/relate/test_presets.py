@@ -10,7 +10,7 @@ from rlgen.session import prepare
 from rlgen_relate.presets import NAMES, TABLE_2, TOKEN_LEVEL, preset
 
 ALL = {"relate.length", "relate.format", "relate.ctcvr", "relate.diversity", "relate.correctness", "relate.relevance",
-       "relate.risk"}
+       "relate.risk", "repetition"}
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -14,9 +14,11 @@ import yaml
 
 STRUCTURAL = ["relate.length", "relate.format"]
 CTCVR = ["relate.ctcvr"]
-DIVERSITY = ["relate.diversity"]
+# repetition inside one ad (stutter, a phrase said twice) joins diversity across ads: the paper's
+# high-frequency n-gram penalty (Eq. 5) read within the ad as well as across the batch
+DIVERSITY = ["relate.diversity", "repetition"]
 SEMANTIC = ["relate.correctness", "relate.relevance", "relate.risk"]
-TOKEN_LEVEL = ["relate.diversity", "relate.risk"]
+TOKEN_LEVEL = ["relate.diversity", "repetition", "relate.risk"]
 
 #: Table 2: reward dimensions of each configuration, and whether credit assignment is on
 TABLE_2: dict[str, tuple[list[str], bool]] = {
@@ -38,7 +40,7 @@ def preset(name: str, *, ctcvr_model: str | None = None) -> dict[str, Any]:
 
     Models 1-4 keep every reward at sentence level: token-level providers are demoted to their
     sum (Eq. 4) inside ``relate.credit``, which then equals plain GRPO on the summed rewards.
-    RELATE keeps diversity and risk at token level (Eq. 5, 7, 9).
+    RELATE keeps diversity, repetition and risk at token level (Eq. 5, 7, 9).
     """
     if name not in TABLE_2:
         raise KeyError(f"unknown preset {name!r}; presets: {', '.join(NAMES)}")

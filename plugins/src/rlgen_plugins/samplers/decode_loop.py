@@ -7,7 +7,9 @@ own modules (embedding, RMSNorm, rotary embedding, activation) and weights, but
 
 - prefills each distinct prompt once and copies its KV cache to the G rows that sample from it;
 - multiplies with weights pre-packed by oneDNN for the decode batch size, which reads them
-  near the memory bandwidth (on CPU, where torch has oneDNN; elsewhere plain ``F.linear``);
+  near the memory bandwidth (on CPU, where torch has oneDNN; elsewhere plain ``F.linear``),
+  with the layers that read the same input stacked into one product (q, k, v; gate, up);
+- drops rows that finished from the batch;
 - keeps the KV cache in one preallocated tensor per layer and attends from the single new
   position with two small matmuls.
 
@@ -92,8 +94,15 @@ class Linear:
     few steps). Elsewhere it is plain ``F.linear``.
     """
 
-    def __init__(self, module: torch.nn.Module, rows: int, pack: bool) -> None:
-        weight, self.bias = effective_weight(module)
+    def __init__(self, modules: list[torch.nn.Module], rows: int, pack: bool) -> None:
+        # several layers that read the same input (q, k, v; gate, up) are one product with their weights
+        # stacked: one kernel call instead of three, over a wider output, which the kernel runs faster
+        parts = [effective_weight(m) for m in modules]
+        weight = torch.cat([w for w, _ in parts]) if len(parts) > 1 else parts[0][0]
+        if all(b is None for _, b in parts):
+            self.bias = None
+        else:
+            self.bias = torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for w, b in parts])
         self.packed = pack
         self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, rows) if pack else weight
 
@@ -107,12 +116,9 @@ class Linear:
 class _Layer:
     input_norm: Callable[[torch.Tensor], torch.Tensor]
     post_norm: Callable[[torch.Tensor], torch.Tensor]
-    q: Linear
-    k: Linear
-    v: Linear
+    qkv: Linear  # q, k and v stacked
     o: Linear
-    gate: Linear
-    up: Linear
+    gate_up: Linear  # gate and up stacked
     down: Linear
     act: Callable[[torch.Tensor], torch.Tensor]
 
@@ -146,16 +152,13 @@ class LlamaDecoder:
             self.layers.append(_Layer(
                 input_norm=layer.input_layernorm,
                 post_norm=layer.post_attention_layernorm,
-                q=Linear(att.q_proj, rows, pack),
-                k=Linear(att.k_proj, rows, pack),
-                v=Linear(att.v_proj, rows, pack),
-                o=Linear(att.o_proj, rows, pack),
-                gate=Linear(mlp.gate_proj, rows, pack),
-                up=Linear(mlp.up_proj, rows, pack),
-                down=Linear(mlp.down_proj, rows, pack),
+                qkv=Linear([att.q_proj, att.k_proj, att.v_proj], rows, pack),
+                o=Linear([att.o_proj], rows, pack),
+                gate_up=Linear([mlp.gate_proj, mlp.up_proj], rows, pack),
+                down=Linear([mlp.down_proj], rows, pack),
                 act=mlp.act_fn,
             ))
-        self.lm_head = Linear(model.lm_head, rows, pack)
+        self.lm_head = Linear([model.lm_head], rows, pack)
         # prefill multiplies many rows, where plain F.linear on the model's own weights is as fast
         self.prefill_layers = [(layer.self_attn, layer.mlp) for layer in inner.layers]
 
@@ -211,9 +214,8 @@ class LlamaDecoder:
         nq = nh * hd
         for layer, (kc, vc) in zip(self.layers, caches):
             h = layer.input_norm(x)
-            q = layer.q(h).view(b, nh, 1, hd)
-            k = layer.k(h).view(b, nkv, 1, hd)
-            v = layer.v(h).view(b, nkv, 1, hd)
+            q, k, v = layer.qkv(h).split([nq, nkv * hd, nkv * hd], dim=-1)
+            q, k, v = q.reshape(b, nh, 1, hd), k.reshape(b, nkv, 1, hd), v.reshape(b, nkv, 1, hd)
             q, k = self.rope(q, k, cos, sin)
             kc[:, :, length : length + 1] = k
             vc[:, :, length : length + 1] = v
@@ -225,7 +227,8 @@ class LlamaDecoder:
             a = torch.matmul(torch.softmax(scores, dim=-1), vc)
             x = x + layer.o(a.reshape(b, nq))
             h = layer.post_norm(x)
-            x = x + layer.down(layer.act(layer.gate(h)) * layer.up(h))
+            gate, up = layer.gate_up(h).chunk(2, dim=-1)
+            x = x + layer.down(layer.act(gate) * up)
         return self.lm_head(self.norm(x))
 
 

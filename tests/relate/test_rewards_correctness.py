@@ -54,6 +54,8 @@ def run(provider, tok, texts, meta=None):
         ("Our leaves are brewed in Japan by TeaCo", [("entity", "Japan")]),  # TeaCo is in the context
         ("Pairs well with the iPhone15", [("entity", "iPhone15")]),
         ("Great Green Tea For Everyone", []),  # title case is style, not names
+        # dots grouping thousands (a policy wrote this mid-training): a number, not a crash
+        ("Funded 202.894.912 loans", [("number", "202.894.912")]),
     ],
 )
 def test_rule_checker(ad, unsupported):

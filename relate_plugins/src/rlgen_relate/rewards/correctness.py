@@ -72,6 +72,10 @@ _FUNCTION_WORDS = {"a", "an", "the", "and", "or", "but", "for", "nor", "with", "
 
 
 def _value(text: str) -> float:
+    """The number a numeral matched by ``_NUM`` names: commas group thousands ("1,800"), and so do dots when
+    there are several ("202.894.912", European grouping); a single dot is the decimal point."""
+    if text.count(".") > 1:
+        text = text.replace(".", "")
     return float(text.replace(",", ""))
 
 

@@ -16,16 +16,9 @@ from typing import Any, Iterator
 
 import torch
 
+from ..models import hf_model, is_peft_model
+
 LORA_MARKERS = (".lora_", ".lora_magnitude_vector")
-
-
-def is_peft_model(module: torch.nn.Module) -> bool:
-    return hasattr(module, "get_base_model") and hasattr(module, "peft_config")
-
-
-def hf_model(module: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model inside ``module`` (PEFT wrapper removed; LoRA layers stay injected)."""
-    return module.get_base_model() if is_peft_model(module) else module
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ..models import hf_model
 from .batching import PolicyBatch
 
 
@@ -78,8 +79,7 @@ def cache_keyword(model: torch.nn.Module) -> str | None:
 
     transformers 5.x renamed ``past_key_values`` to ``cache`` (the old name is deprecated).
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    parameters = inspect.signature(type(base).forward).parameters
+    parameters = inspect.signature(type(hf_model(model)).forward).parameters
     for name in ("cache", "past_key_values"):
         if name in parameters:
             return name

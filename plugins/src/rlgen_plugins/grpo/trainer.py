@@ -295,7 +295,7 @@ class GrpoTrainer(rlgen.Trainer):
         return StepPlan(passes, counts[:, 0].tolist(), counts[:, 1].tolist())
 
     def _shared_prompt_support(self, model: torch.nn.Module) -> str | None:
-        """The cache keyword when the prompt can be shared here, else None (with a warning saying why)."""
+        """The cache keyword when the prompt can be shared here, else None (and a log line saying why)."""
         keyword = cache_keyword(model)
         # ZeRO-3 gathers parameters inside each forward and expects balanced passes; checkpointed layers drop the cache
         why = ("ZeRO-3" if self.zero_stage == 3 else "gradient_checkpointing" if self.params.gradient_checkpointing

@@ -151,6 +151,15 @@ def load_causal_lm(
     return model.eval()
 
 
+def is_peft_model(module: torch.nn.Module) -> bool:
+    return hasattr(module, "get_base_model") and hasattr(module, "peft_config")
+
+
+def hf_model(module: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside ``module`` (PEFT wrapper removed; LoRA layers stay injected)."""
+    return module.get_base_model() if is_peft_model(module) else module
+
+
 def align_cpu_weights(model: torch.nn.Module, alignment: int = 64) -> None:
     """Give every CPU parameter and buffer of ``model`` memory of its own, ``alignment``-byte aligned.
 

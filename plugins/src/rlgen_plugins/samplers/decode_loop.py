@@ -33,12 +33,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..models import hf_model
+
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
-
-
-def base_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model under a PEFT wrapper (its adapted layers still carry the adapters), or ``model``."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _is_adapted(module: torch.nn.Module) -> bool:
@@ -61,7 +58,7 @@ def effective_weight(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tenso
 
 def unsupported_reason(model: torch.nn.Module) -> str | None:
     """Why :func:`decode` cannot run ``model`` (``None`` when it can)."""
-    wrapper, model = model, base_model(model)
+    wrapper, model = model, hf_model(model)
     name = type(model).__name__
     if name not in SUPPORTED_ARCHITECTURES:
         return f"architecture {name} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
@@ -132,7 +129,7 @@ class LlamaDecoder:
         reason = unsupported_reason(model)
         if reason:
             raise ValueError(f"decode loop does not support this model: {reason}")
-        model = base_model(model)
+        model = hf_model(model)
         self.model = model
         self.rope = apply_rotary_pos_emb
         config = model.config

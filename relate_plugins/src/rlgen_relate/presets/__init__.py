@@ -18,7 +18,7 @@ CTCVR = ["relate.ctcvr"]
 # high-frequency n-gram penalty (Eq. 5) read within the ad as well as across the batch
 DIVERSITY = ["relate.diversity", "repetition"]
 SEMANTIC = ["relate.correctness", "relate.relevance", "relate.risk"]
-TOKEN_LEVEL = ["relate.diversity", "repetition", "relate.risk"]
+TOKEN_LEVEL = [*DIVERSITY, "relate.risk"]
 
 #: Table 2: reward dimensions of each configuration, and whether credit assignment is on
 TABLE_2: dict[str, tuple[list[str], bool]] = {

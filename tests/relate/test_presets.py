@@ -9,7 +9,7 @@ from rlgen.data import render
 from rlgen.session import prepare
 from rlgen_relate.presets import NAMES, TABLE_2, TOKEN_LEVEL, preset
 
-ALL = {"relate.length", "relate.format", "relate.ctcvr", "relate.diversity", "relate.correctness", "relate.relevance",
+ALL = {"relate.length", "relate.format", "relate.overflow", "relate.ctcvr", "relate.diversity", "relate.correctness", "relate.relevance",
        "relate.risk", "repetition"}
 
 
@@ -33,7 +33,7 @@ def test_table2_preset_validates(name, tmp_path):
 
 def test_each_model_adds_one_dimension_and_relate_adds_credit_only():
     sets = [set(TABLE_2[n][0]) for n in NAMES]
-    assert sets[0] == {"relate.length", "relate.format"}
+    assert sets[0] == {"relate.length", "relate.format", "relate.overflow"}
     for before, after in zip(sets[:3], sets[1:4]):
         assert before < after
     assert sets[3] == sets[4] == ALL

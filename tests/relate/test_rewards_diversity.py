@@ -108,6 +108,20 @@ def advertiser_contexts(n):
             for k in range(n)]
 
 
+def test_phrases_of_the_prompts_example_ads_are_no_mention_beside_a_context(tok):
+    # a few-shot prompt: every context's prompt holds the same example ad ("book online")
+    example = "Query: bike repair\nAd:\nTitle: Same-Day Bike Repair\nDescription: Flat tires fixed. Book online.\n\n"
+    meta = [{"query": "tea shop", "bid_word": "green tea", "selling_points": ["Loose-leaf teas"]},
+            {"query": "bakery", "bid_word": "fresh bread", "selling_points": ["Baked daily"]}]
+    prompts = [example + f"Query: {m['query']}\nAd:\n" for m in meta]
+    texts = ["Green tea, loose-leaf teas. Book online.", "Fresh bread baked daily. Book online."]
+    res = score(provider(), rollout_of(tok, texts, [0, 1], meta, prompts))
+    # the example ad's phrase pasted into both ads is a template; each ad's own selling point stays a mention
+    assert [d["ngrams"] for d in res.details] == [["Book online"], ["Book online"]]
+    # with no context fields the prompt is the context, and a short copy of it a mention
+    assert not score(provider(), rollout_of(tok, texts, [0, 1], None, prompts)).values.any()
+
+
 def test_pasted_selling_point_across_an_advertisers_contexts_is_a_template(tok):
     meta = advertiser_contexts(3)
     pasted = [f"Civic deals this week. {LOYALTY}.", f"Certified used Hondas. {LOYALTY}.", f"Oil change specials. {LOYALTY}."]
@@ -125,6 +139,10 @@ def test_pasted_selling_point_across_an_advertisers_contexts_is_a_template(tok):
     # one prompt pasting its own point (all its samples) stays below min_groups
     one = rollout_of(tok, pasted + ["Great tea.", "Fresh bread."], [0, 0, 0, 1, 2], [meta[0]] * 3 + [{"query": "tea"}, {"query": "bread"}])
     assert not score(provider(), one).values.any()
+    # ... unless pastes are templates by construction: then the paste is flagged in the one prompt, and only the paste
+    res = score(provider(penalize_pastes=True), one)
+    assert [d["ngrams"] for d in res.details] == [[LOYALTY]] * 3 + [[], []]
+    assert not score(provider(penalize_pastes=True), rollout_of(tok, named, [0, 1, 2], meta)).values.any()
 
 
 def test_copies_of_the_searchers_words_are_exempt_at_any_length(tok):

@@ -12,13 +12,14 @@ from typing import Any
 
 import yaml
 
-STRUCTURAL = ["relate.length", "relate.format"]
+# relate.overflow is the field-length rule of relate.format at token level: the tokens past a limit
+STRUCTURAL = ["relate.length", "relate.format", "relate.overflow"]
 CTCVR = ["relate.ctcvr"]
 # repetition inside one ad (stutter, a phrase said twice) joins diversity across ads: the paper's
 # high-frequency n-gram penalty (Eq. 5) read within the ad as well as across the batch
 DIVERSITY = ["relate.diversity", "repetition"]
 SEMANTIC = ["relate.correctness", "relate.relevance", "relate.risk"]
-TOKEN_LEVEL = [*DIVERSITY, "relate.risk"]
+TOKEN_LEVEL = [*DIVERSITY, "relate.risk", "relate.overflow"]
 
 #: Table 2: reward dimensions of each configuration, and whether credit assignment is on
 TABLE_2: dict[str, tuple[list[str], bool]] = {
@@ -40,7 +41,7 @@ def preset(name: str, *, ctcvr_model: str | None = None) -> dict[str, Any]:
 
     Models 1-4 keep every reward at sentence level: token-level providers are demoted to their
     sum (Eq. 4) inside ``relate.credit``, which then equals plain GRPO on the summed rewards.
-    RELATE keeps diversity, repetition and risk at token level (Eq. 5, 7, 9).
+    RELATE keeps diversity, repetition, risk and overflow at token level (Eq. 5, 7, 9).
     """
     if name not in TABLE_2:
         raise KeyError(f"unknown preset {name!r}; presets: {', '.join(NAMES)}")

@@ -1,7 +1,8 @@
 """RELATE's reward providers (paper 3.3), one module each, registered with rlgen here.
 
 Sentence-level: ``relate.length``, ``relate.format``, ``relate.relevance``, ``relate.correctness``.
-Token-level (paper Eq. 5): ``relate.risk`` (blacklisted phrases), ``relate.diversity`` (frequent n-grams).
+Token-level (paper Eq. 5): ``relate.risk`` (blacklisted phrases), ``relate.diversity`` (frequent n-grams), and
+``relate.overflow`` (the characters of a field past its limit: the structural rule with the credit on its cause).
 ``relate.ctcvr`` lives with its model in :mod:`rlgen_relate.ctcvr`.
 """
 
@@ -13,12 +14,14 @@ from .correctness import CorrectnessReward
 from .diversity import DiversityReward
 from .format import FormatReward
 from .length import LengthReward
+from .overflow import OverflowReward
 from .relevance import RelevanceReward
 from .risk import RiskReward
 
 PROVIDERS: list[type[rlgen.RewardProvider]] = [
     LengthReward,
     FormatReward,
+    OverflowReward,
     RelevanceReward,
     CorrectnessReward,
     RiskReward,
@@ -36,6 +39,7 @@ __all__ = [
     "DiversityReward",
     "FormatReward",
     "LengthReward",
+    "OverflowReward",
     "RelevanceReward",
     "RiskReward",
     "rlgen_reward_providers",

@@ -110,6 +110,46 @@ class LayoutParser:
                 ad.broken_fields.append(f.name)
         return ad
 
+    def value_spans(self, text: str) -> dict[str, list[tuple[int, int]]]:
+        """Where each field's value lies in ``text``: ``(start, end)`` character spans, one per line of the value
+        (a field continued on unlabelled lines has several), stripped as :meth:`parse` strips them, so the
+        characters :meth:`parse` counts for a field are these spans joined by line breaks.
+
+        Layouts ``lines`` and ``regex``; ``json`` values are unescaped strings with no place in the text."""
+        kind = self.spec.kind
+        if kind == "json":
+            raise ValueError("value_spans needs layout.kind 'lines' or 'regex' (a JSON value has no span in the text)")
+        spans: dict[str, list[tuple[int, int]]] = {}
+        if kind == "regex":
+            lead = len(text) - len(text.lstrip())
+            m = self._pattern.fullmatch(text.strip())
+            if m is not None:
+                for f in self.spec.fields:
+                    if m.group(f.name) is not None:
+                        spans[f.name] = [(lead + m.start(f.name), lead + m.end(f.name))]
+            return spans
+        if kind == "none":
+            return spans
+        current: str | None = None
+        for line in re.finditer(r"[^\r\n]+", text):
+            body = line.group()
+            if not body.strip():
+                continue
+            m = self._line_re.match(body)
+            if m is not None:
+                current = next(f.name for i, f in enumerate(self.spec.fields) if m.group(f"f{i}") is not None)
+                start, value = line.start() + m.start("value"), m.group("value")
+                spans[current] = []  # a duplicate field: parse keeps the last one too
+            elif current is None:
+                continue
+            else:
+                start, value = line.start(), body
+            lead = len(value) - len(value.lstrip())
+            stripped = value.strip()
+            if stripped or m is None:
+                spans[current].append((start + lead, start + lead + len(stripped)))
+        return spans
+
     def _parse_lines(self, text: str) -> ParsedAd:
         ad = ParsedAd()
         current: str | None = None

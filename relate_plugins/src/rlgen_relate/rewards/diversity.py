@@ -19,15 +19,23 @@ template, and the rule tells them apart by what was copied and how much:
 - n-grams copied from a ``keyword_fields`` field (the query, the bid word) are neither counted nor penalised at
   any length: the searcher's words recur across contexts because searchers type them, and using them is
   relevance, not a template;
-- n-grams copied from the rest of the context (selling points, landing page, the prompt's own wording) of up to
-  ``mention_words`` words are a *mention* ("free diagnostics", "loyalty discounts") and are exempt too, so every
-  ad may name its selling points;
+- n-grams copied from the rest of the context (selling points, landing page) of up to ``mention_words`` words
+  are a *mention* ("free diagnostics", "loyalty discounts") and are exempt too, so every ad may name its selling
+  points. A sample without context fields has its prompt as its context; a sample with them does not, because
+  the prompt's own wording (instruction, few-shot example ads) is shared by every context: "book online" copied
+  from an example ad into the ads of many prompts is a template, and counts like one;
 - longer copied n-grams (a pasted sentence, "loyalty discounts for current owners") count like any other n-gram.
   Contexts of one advertiser share its selling points and every prompt shares its instruction, so a policy that
   pastes them verbatim writes the same sentence into the ads of many prompts: that is now frequent and
   penalised, while one prompt pasting its own point stays below ``min_groups``. Before, every copied n-gram was
   exempt and a pasting policy's main template was invisible to this reward (``mention_words: null`` restores
   that).
+- ``penalize_pastes`` does not wait for the window to see the template. A batch of 2 prompts and a window of
+  a few batches rarely hold two contexts of one advertiser, so a policy pasting selling points verbatim goes
+  unpenalised in training and shows up only at evaluation, where an advertiser's ads read alike (self-BLEU
+  among one advertiser's ads: 0.077 for the base model, 0.116 after 48 RELATE steps). With it on, a copy longer
+  than ``mention_words`` of the non-keyword context is flagged as if frequent: it is shared by every context
+  of that advertiser by construction.
 
 Penalty (Eq. 5): every completion token that overlaps an occurrence of a frequent n-gram gets ``-lambda_2``
 once, however many frequent n-grams cover it; its sum over tokens is the sentence-level form of Eq. 4.
@@ -146,9 +154,14 @@ class DiversityReward(rlgen.RewardProvider):
             description="rollout.meta fields holding the searcher's words: n-grams copied from them are exempt at any length",
         )
         mention_words: int | None = Field(
-            3, ge=1, description="n-grams copied from the rest of the context (or the prompt) up to this many words are "
+            3, ge=1, description="n-grams copied from the rest of the context (the prompt where there is none) up to this many words are "
             "a mention and exempt; longer copies (pasted sentences) count and are penalised when frequent "
             "(None: exempt every copy, the behaviour before issue 16)"
+        )
+        penalize_pastes: bool = Field(
+            False, description="penalise a copy longer than mention_words (a pasted selling point or landing-page "
+            "sentence) even when no other prompt in the batch or window used it: the advertiser's other contexts "
+            "share that text, so the paste is a template across them whether or not the window drew them"
         )
         log_frequent: bool = Field(True, description="log each batch's most frequent n-grams (info level)")
         context_fields: list[str] = Field(
@@ -212,17 +225,19 @@ class DiversityReward(rlgen.RewardProvider):
 
     @staticmethod
     def _context_ids(rollout: rlgen.Rollout, fields: list[str], with_prompt: bool) -> tuple[list[str], np.ndarray]:
-        """Distinct context strings of the batch (the named meta fields, and the prompt if asked) and each
-        sample's index into them."""
+        """Distinct context strings of the batch and each sample's index into them: the named meta fields, or
+        where a sample has none of them and ``with_prompt`` is set, its prompt.
+
+        The prompt stands in only for a missing context: beside one, what the prompt adds is its shared wording
+        (instruction, few-shot examples), the same for every context, so a copy of it is a template by
+        definition ("Book online" from an example ad, pasted into every ad)."""
         index: dict[str, int] = {}
         ids = np.empty(rollout.batch_size, dtype=np.int64)
         for i in range(rollout.batch_size):
-            parts = []
-            if with_prompt and rollout.prompt_texts is not None:
-                parts.append(rollout.prompt_texts[i])
-            if rollout.meta is not None:
-                parts.append(context_text(rollout.meta[i], fields))
-            ids[i] = index.setdefault("\n".join(parts), len(index))
+            text = context_text(rollout.meta[i], fields) if rollout.meta is not None else ""
+            if not text.strip() and with_prompt and rollout.prompt_texts is not None:
+                text = rollout.prompt_texts[i]
+            ids[i] = index.setdefault(text, len(index))
         return list(index), ids
 
     def _copied_from(self, rollout: rlgen.Rollout, table: _NgramTable, fields: list[str], with_prompt: bool) -> np.ndarray:
@@ -237,19 +252,20 @@ class DiversityReward(rlgen.RewardProvider):
         keys = (table.hash48 << _SHIFT) | ctx_of_sample[table.text].astype(np.uint64)
         return _member(keys, ctx_keys)
 
-    def _exempt_copies(self, rollout: rlgen.Rollout, table: _NgramTable) -> np.ndarray:
-        """True for each n-gram occurrence that is an allowed use of the sample's own context (module docstring):
-        a copy of the searcher's words, or a copy of the rest of the context no longer than ``mention_words``."""
+    def _classify_copies(self, rollout: rlgen.Rollout, table: _NgramTable) -> tuple[np.ndarray, np.ndarray]:
+        """``(exempt, pasted)`` per n-gram occurrence (module docstring): exempt is an allowed use of the sample's
+        own context (a copy of the searcher's words, or a copy of the rest no longer than ``mention_words``);
+        pasted is a longer copy of the rest (a selling point or landing-page sentence, verbatim)."""
         p = self.params
         copied = self._copied_from(rollout, table, p.context_fields, with_prompt=True)
         if p.mention_words is None:
-            return copied
+            return copied, np.zeros_like(copied)
         keywords = [f for f in p.keyword_fields if f in p.context_fields]
         exempt = copied & (table.n <= p.mention_words)
         long_copies = copied & ~exempt
         if keywords and long_copies.any():
             exempt |= long_copies & self._copied_from(rollout, table, keywords, with_prompt=False)
-        return exempt
+        return exempt, copied & ~exempt
 
     @staticmethod
     def _group_counts(hash48: np.ndarray, group_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -285,7 +301,10 @@ class DiversityReward(rlgen.RewardProvider):
         if n_groups > _MAX_GROUPS:
             raise rlgen.PluginError(f"{self.name}: at most {_MAX_GROUPS} prompts per batch, got {n_groups}")
 
-        keep = ~self._exempt_copies(rollout, table) if p.exclude_context and table.hash48.size else None
+        keep = pasted = None
+        if p.exclude_context and table.hash48.size:
+            exempt, pasted = self._classify_copies(rollout, table)
+            keep = ~exempt
         kept_h = table.hash48 if keep is None else table.hash48[keep]
         kept_g = group_idx[table.text] if keep is None else group_idx[table.text[keep]]
         cur_h, cur_c = self._group_counts(kept_h, kept_g)
@@ -298,6 +317,8 @@ class DiversityReward(rlgen.RewardProvider):
         flagged = _member(table.hash48, frequent)
         if keep is not None:
             flagged &= keep
+        if p.penalize_pastes and pasted is not None:
+            flagged |= pasted  # a template across the advertiser's contexts by construction (module docstring)
 
         spans, phrases = self._penalised_spans(batch, table, flagged)
         hit = rollout.spans_to_tokens(spans)

@@ -1,0 +1,86 @@
+"""``relate.overflow``: token-level penalty on the characters a field writes past its limit (Eq. 5/7 style).
+
+Search-ad fields have hard character limits (a 30-character title, a 90-character description): review rejects a
+field over its limit or the serving system cuts it. ``relate.format`` scores that as one sentence-level verdict
+and ``relate.length`` as a sentence-level distance, so GRPO spreads the blame over every token of the ad, the
+well-chosen opening words as much as the clause that ran long. This reward puts ``-penalty`` on exactly the
+tokens whose characters lie past a field's limit, so token-level credit (``relate.credit``, Eq. 7) pushes down
+"one more clause" at the point where the field should have ended, and leaves the start of the ad alone.
+
+A completion cut by ``max_new_tokens`` in the middle of a long field is penalised the same way: its tail is
+past the limit. Limits come from the layout's ``max_chars`` (the same ones ``relate.format`` checks) unless
+``max_chars`` overrides them per field.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+import rlgen
+
+from ._layout import LayoutParser, LayoutSpec
+
+
+class OverflowReward(rlgen.RewardProvider):
+    name = "relate.overflow"
+    description = "Token-level penalty on the tokens of a field past its character limit (title over 30, description over 90)."
+    granularity = "token"
+
+    class Params(rlgen.Params):
+        penalty: float = Field(1.0, ge=0, description="penalty on each token with a character past its field's limit")
+        layout: LayoutSpec = Field(default_factory=LayoutSpec, description="the ad's fields, their labels and max_chars")
+        max_chars: dict[str, int] = Field(
+            default_factory=dict, description="per-field limit overriding the layout's max_chars, e.g. {title: 25}"
+        )
+
+    def __init__(self, params: rlgen.Params | None = None) -> None:
+        super().__init__(params)
+        p = self.params
+        if p.layout.kind not in ("lines", "regex"):
+            raise rlgen.PluginError(f"{self.name}: params.layout.kind must be 'lines' or 'regex', got {p.layout.kind!r}")
+        known = {f.name for f in p.layout.fields}
+        unknown = sorted(set(p.max_chars) - known)
+        if unknown:
+            raise rlgen.PluginError(f"{self.name}: params.max_chars names fields {unknown} that params.layout does not define (have {sorted(known)})")
+        self._limits = {f.name: p.max_chars.get(f.name, f.max_chars) for f in p.layout.fields}
+        self._limits = {k: v for k, v in self._limits.items() if v is not None}
+        if not self._limits:
+            raise rlgen.PluginError(f"{self.name}: no field has a character limit (set layout fields' max_chars or params.max_chars)")
+        self._parser = LayoutParser(p.layout)
+
+    def overflow_spans(self, text: str) -> dict[str, tuple[int, int]]:
+        """Per field over its limit, the ``(start, end)`` character span of ``text`` past the limit.
+
+        The field's characters are counted as :class:`LayoutParser` counts them (its lines joined by a line
+        break), so this reward fires exactly when ``relate.format``'s ``field_length`` rule fails on length."""
+        out: dict[str, tuple[int, int]] = {}
+        for name, segments in self._parser.value_spans(text).items():
+            limit = self._limits.get(name)
+            if limit is None or not segments:
+                continue
+            budget = limit
+            for i, (start, end) in enumerate(segments):
+                if i:
+                    budget -= 1  # the line break that joins this line to the field
+                    if budget < 0:
+                        out[name] = (start, segments[-1][1])
+                        break
+                if end - start > budget:
+                    out[name] = (start + budget, segments[-1][1])
+                    break
+                budget -= end - start
+        return out
+
+    def score(self, rollout: rlgen.Rollout) -> rlgen.RewardResult:
+        found = [self.overflow_spans(text) for text in rollout.texts]
+        hit = rollout.spans_to_tokens([list(f.values()) for f in found])
+        values = torch.where(hit, torch.tensor(-float(self.params.penalty)), torch.tensor(0.0))  # Eq. 5 style
+        details = [{"over": {name: text[s:e] for name, (s, e) in f.items()}} for text, f in zip(rollout.texts, found)]
+        b = max(len(found), 1)
+        metrics = {
+            "overflow_rate": sum(1 for f in found if f) / b,
+            **{f"overflow_rate/{name}": sum(1 for f in found if name in f) / b for name in self._limits},
+            "penalized_token_fraction": float(hit.sum()) / max(int(rollout.completion_mask.sum()), 1),
+        }
+        return rlgen.RewardResult(values=values, details=details, metrics=metrics)

@@ -25,11 +25,15 @@ def test_bench_reports_the_median_step_its_split_and_peak_memory(tmp_path):
     assert {"time/sample_s", "time/reward_s", "time/train_s"} <= set(split)
     # the grpo trainer reports its own split of time/train_s
     assert {"trainer/time/forward_s", "trainer/time/backward_s", "trainer/time/optimizer_s"} <= set(split)
-    assert sum(v for k, v in split.items() if k.startswith("trainer/time/")) <= split["time/train_s"] * 1.01
-    assert sum(v for k, v in split.items() if k.startswith("time/")) <= result["step_s_max"] * 1.01
     assert result["peak_rss_mb"] > 100 and result["tokens_per_s"] > 0
     # 4 steps were trained (1 warm-up + 3), nothing was checkpointed or exported
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(ln)["step"] for ln in lines] == [1, 2, 3, 4]
+    rows = [json.loads(ln) for ln in lines]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    # the split nests within each step (medians of the parts need not add up to the median of the whole)
+    for r in rows:
+        assert sum(v for k, v in r.items() if k.startswith("trainer/time/")) <= r["time/train_s"]
+        assert sum(r[k] for k in ("time/sample_s", "time/reward_s", "time/advantage_s", "time/train_s", "time/sync_s")) <= r["time/step_s"] * (1 + 1e-9)
+    assert sorted(result["step_s"]) == sorted(r["time/step_s"] for r in rows[1:])
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "policy").exists()
     assert "step  median" in proc.stdout and "load average before" in proc.stdout

@@ -150,14 +150,16 @@ def test_parallel_runs_give_the_sequential_ablation(tmp_path):
         data[jobs] = json.loads((tmp_path / f"jobs{jobs}" / "ablation.json").read_text())
         assert any("2 at a time" in line for line in lines) == (jobs == 2)
     assert data[2]["jobs"] == 2 and data[1]["jobs"] == 1
-    assert data[1]["rows"] == data[2]["rows"]
+    # the same seeds and data give the same numbers, up to float rounding: a worker process may sum in another order
+    for name, row in data[1]["rows"].items():
+        assert data[2]["rows"][name] == pytest.approx(row, rel=1e-6, abs=1e-9)
     for name in ("model1", "relate"):
         for s in (0, 1):
             m1 = (tmp_path / "jobs1" / name / f"seed-{s}" / "run" / "metrics.jsonl").read_text().splitlines()
             m2 = (tmp_path / "jobs2" / name / f"seed-{s}" / "run" / "metrics.jsonl").read_text().splitlines()
             timing = ("time/", "_s", "seconds", "tokens_per_s")  # wall-clock readings differ; every value learned must not
             strip = lambda line: {k: v for k, v in json.loads(line).items() if not any(t in k for t in timing)}  # noqa: E731
-            assert [strip(x) for x in m1] == [strip(x) for x in m2]
+            assert [strip(x) for x in m2] == [pytest.approx(strip(x), rel=1e-5, abs=1e-8) for x in m1]
 
 
 def test_interval_over_seeds_and_contexts_and_its_paired_difference():

@@ -150,16 +150,21 @@ def test_parallel_runs_give_the_sequential_ablation(tmp_path):
         data[jobs] = json.loads((tmp_path / f"jobs{jobs}" / "ablation.json").read_text())
         assert any("2 at a time" in line for line in lines) == (jobs == 2)
     assert data[2]["jobs"] == 2 and data[1]["jobs"] == 1
-    # the same seeds and data give the same numbers, up to float rounding: a worker process may sum in another order
+    # the same seeds and data give the same numbers up to float rounding: the MiniLM embedder sums in another order
+    # in a worker (relevance differs by ~5e-8), and two training steps carry that into the loss at ~1e-4 relative
     for name, row in data[1]["rows"].items():
-        assert data[2]["rows"][name] == pytest.approx(row, rel=1e-6, abs=1e-9)
+        assert data[2]["rows"][name] == pytest.approx(row, rel=1e-5, abs=1e-7)
+    timing = ("time/", "_s", "seconds", "tokens_per_s")  # wall-clock readings differ; every value learned must not
+
+    def metrics(jobs: int, name: str, s: int) -> list[dict]:
+        lines = (tmp_path / f"jobs{jobs}" / name / f"seed-{s}" / "run" / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(x).items() if not any(t in k for t in timing)} for x in lines]
+
     for name in ("model1", "relate"):
         for s in (0, 1):
-            m1 = (tmp_path / "jobs1" / name / f"seed-{s}" / "run" / "metrics.jsonl").read_text().splitlines()
-            m2 = (tmp_path / "jobs2" / name / f"seed-{s}" / "run" / "metrics.jsonl").read_text().splitlines()
-            timing = ("time/", "_s", "seconds", "tokens_per_s")  # wall-clock readings differ; every value learned must not
-            strip = lambda line: {k: v for k, v in json.loads(line).items() if not any(t in k for t in timing)}  # noqa: E731
-            assert [strip(x) for x in m2] == [pytest.approx(strip(x), rel=1e-5, abs=1e-8) for x in m1]
+            assert metrics(2, name, s) == [pytest.approx(row, rel=1e-3, abs=1e-6) for row in metrics(1, name, s)]
+        # the tolerance still tells runs apart: a worker that trained the other seed would fail the check above
+        assert metrics(1, name, 0) != [pytest.approx(row, rel=1e-3, abs=1e-6) for row in metrics(1, name, 1)]
 
 
 def test_interval_over_seeds_and_contexts_and_its_paired_difference():

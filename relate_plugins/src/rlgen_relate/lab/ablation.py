@@ -29,7 +29,7 @@ import multiprocessing
 import os
 import shutil
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from itertools import combinations
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -319,23 +319,25 @@ def with_monitors(raw: dict[str, Any], full: dict[str, Any]) -> dict[str, Any]:
 class _Job:
     """One training run of the ablation and its evaluation: everything a worker process needs."""
 
-    label: str
     train_raw: dict[str, Any]
     eval_raw: dict[str, Any]
     eval_dir: Path
     baseline: Path
-    cores: tuple[int, ...] = ()  # pin the worker to these cores ((): the parent's)
 
 
 def _train_and_evaluate(job: _Job, progress: bool = False) -> tuple[dict[str, float], dict[str, torch.Tensor], list[dict[str, float]]]:
     """Table 3 row, per-context columns and metric curve of one configuration at one training seed."""
-    if job.cores and hasattr(os, "sched_setaffinity"):
-        # run.threads auto then sizes every thread pool to the worker's share (rlgen.cpu_threads reads this)
-        os.sched_setaffinity(0, job.cores)
-        os.environ["OMP_NUM_THREADS"] = str(len(job.cores))
     run = train_policy(job.train_raw, progress=progress)
     result = evaluate_policy(job.eval_raw, run["policy"], job.eval_dir, baseline=job.baseline, progress=progress)
     return table3_row(result.summary), table3_contexts(result), rep.read_metrics(Path(run["output_dir"]) / "metrics.jsonl")
+
+
+def _pin_worker(core_slices: Any) -> None:
+    """Worker initializer: take one slice of cores off the queue and keep to it for the worker's life."""
+    cores = core_slices.get()
+    os.sched_setaffinity(0, cores)
+    # run.threads auto then sizes every thread pool to the worker's share (rlgen.cpu_threads reads this)
+    os.environ["OMP_NUM_THREADS"] = str(len(cores))
 
 
 def _core_slices(jobs: int) -> list[tuple[int, ...]]:
@@ -404,8 +406,8 @@ def run_ablation(out: str | Path = "runs/ablation", *, steps: int | None = None,
     curves: dict[str, list[list[dict[str, float]]]] = {}
     runs = [(name, train_seed) for name in configs for train_seed in train_seeds]
     labels = {run: f"{LABELS[run[0]]}{f' (training seed {run[1]})' if seeds > 1 else ''}" for run in runs}
-    work = [_Job(labels[(name, s)], with_monitors(config_for(name, s), full), full, folder(name, s) / "eval",
-                 out / "base" / "eval") for name, s in runs]
+    work = [_Job(with_monitors(config_for(name, s), full), full, folder(name, s) / "eval", out / "base" / "eval")
+            for name, s in runs]
     for name in configs:
         echo(f"{LABELS[name]}: {', '.join(r['name'] for r in config_for(name)['rewards'])}; credit assignment "
              f"{'on' if TABLE_2[name][1] else 'off (token rewards demoted to sentence level)'}")
@@ -413,35 +415,23 @@ def run_ablation(out: str | Path = "runs/ablation", *, steps: int | None = None,
     slices = _core_slices(min(jobs, len(work)))
     if not slices:
         for run, job in zip(runs, work):
-            echo(f"\n== {job.label}")
+            echo(f"\n== {labels[run]}")
             results[run] = _train_and_evaluate(job, progress)
     else:
         echo(f"\n== {len(work)} runs, {len(slices)} at a time on cores {', '.join(map(str, slices))}")
-        t_start = {}
         # spawn, not fork: a forked torch with its thread pools already started can deadlock
-        with ProcessPoolExecutor(len(slices), mp_context=multiprocessing.get_context("spawn")) as pool:
-            pending = {}
-            queue = list(zip(runs, work))
-            free = list(slices)
-
-            def submit() -> None:
-                run, job = queue.pop(0)
-                cores = free.pop(0)
-                t_start[run] = time.perf_counter()
-                pending[pool.submit(_train_and_evaluate, dataclasses.replace(job, cores=cores))] = (run, cores)
-                echo(f"started {job.label} on cores {cores}")
-
-            while queue and free:
-                submit()
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    run, cores = pending.pop(future)
-                    results[run] = future.result()
-                    echo(f"finished {labels[run]} in {time.perf_counter() - t_start[run]:.0f} s")
-                    free.append(cores)
-                    if queue:
-                        submit()
+        context = multiprocessing.get_context("spawn")
+        core_slices = context.SimpleQueue()
+        for cores in slices:
+            core_slices.put(cores)
+        t_start = time.perf_counter()
+        with ProcessPoolExecutor(len(slices), mp_context=context, initializer=_pin_worker,
+                                 initargs=(core_slices,)) as pool:
+            futures = {pool.submit(_train_and_evaluate, job): run for run, job in zip(runs, work)}
+            for future in as_completed(futures):
+                run = futures[future]
+                results[run] = future.result()
+                echo(f"finished {labels[run]} at {time.perf_counter() - t_start:.0f} s")
     for name in configs:
         seed_rows = []
         for train_seed in train_seeds:

@@ -43,8 +43,8 @@ class OverflowReward(rlgen.RewardProvider):
         unknown = sorted(set(p.max_chars) - known)
         if unknown:
             raise rlgen.PluginError(f"{self.name}: params.max_chars names fields {unknown} that params.layout does not define (have {sorted(known)})")
-        self._limits = {f.name: p.max_chars.get(f.name, f.max_chars) for f in p.layout.fields}
-        self._limits = {k: v for k, v in self._limits.items() if v is not None}
+        limits = {f.name: p.max_chars.get(f.name, f.max_chars) for f in p.layout.fields}
+        self._limits = {name: limit for name, limit in limits.items() if limit is not None}
         if not self._limits:
             raise rlgen.PluginError(f"{self.name}: no field has a character limit (set layout fields' max_chars or params.max_chars)")
         self._parser = LayoutParser(p.layout)

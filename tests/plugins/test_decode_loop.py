@@ -64,6 +64,23 @@ def test_seeded_sampling_is_the_same_on_both_paths(make_context, chatty_llama: P
         assert "stop" in reasons, reasons
 
 
+TEMPLATE = ("Query: bagels near me\nAd: Fresh Bagels Near You. Baked every morning.\n\n"
+            "Query: bike repair\nAd: Same-Day Bike Repair. Flat tires fixed from $15.\n\nQuery: {}\nAd:")
+TEMPLATED = [rlgen.Prompt([{"role": "user", "content": TEMPLATE.format(q)}], {"query": q})
+             for q in ("shoes", "cheap flights to London", "coffee")]
+
+
+@pytest.mark.parametrize("params", [{"temperature": 0}, {"temperature": 1.0, "stop": ["\n"]}], ids=["greedy", "sampled"])
+def test_a_beginning_the_prompts_share_is_prefilled_once_with_the_same_result(make_context, chatty_llama: Path, params) -> None:
+    from rlgen_plugins.prompt_prefix import MIN_SHARED_PREFIX, shared_prefix_length
+
+    ro = rollouts(make_context, chatty_llama, TEMPLATED, 3, seed=5, max_new_tokens=16, **params)
+    distinct = ro["loop"].prompt_ids[::3], ro["loop"].prompt_mask[::3]
+    assert ro["loop"].prompt_mask.sum(1).unique().numel() > 1  # left-padded: the prefix starts at different columns
+    assert shared_prefix_length(*distinct) >= MIN_SHARED_PREFIX + 20
+    assert_same(ro["generate"], ro["loop"])
+
+
 def test_loop_sample_depends_only_on_prompt_seed_and_index(make_context, chatty_llama: Path) -> None:
     sampler = HFSampler(HFSampler.Params(decode="loop", max_new_tokens=12))
     sampler.setup(make_context(str(chatty_llama)))

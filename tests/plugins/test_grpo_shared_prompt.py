@@ -14,7 +14,7 @@ from rlgen.config import load_config
 from rlgen.discovery import registry
 from rlgen_plugins.grpo import GrpoTrainer
 from rlgen_plugins.grpo.batching import build_policy_batch
-from rlgen_plugins.grpo.shared_prompt import SharedPromptMicroBatch
+from rlgen_plugins.grpo.shared_prompt import MIN_SHARED_PREFIX, SharedPromptMicroBatch
 
 PROMPT_LENGTHS = (4, 7)  # mixed: the shorter prompt is left-padded
 G = 5
@@ -26,15 +26,18 @@ def reg():
     return registry()
 
 
-def make_group_rollout(seed: int, t: int = 8, vocab: int = 600) -> tuple[rlgen.Rollout, torch.Tensor]:
-    """len(PROMPT_LENGTHS) prompts x G completions of varied lengths (one with a masked-out token inside)."""
+def make_group_rollout(seed: int, t: int = 8, vocab: int = 600, prefix: int = 0) -> tuple[rlgen.Rollout, torch.Tensor]:
+    """len(PROMPT_LENGTHS) prompts x G completions of varied lengths (one with a masked-out token inside); with
+    ``prefix``, every prompt starts with the same ``prefix`` tokens (a few-shot template)."""
     g = torch.Generator().manual_seed(seed)
-    p = max(PROMPT_LENGTHS)
+    p = max(PROMPT_LENGTHS) + prefix
     b = len(PROMPT_LENGTHS) * G
     pid = torch.zeros(b, p, dtype=torch.long)
     pm = torch.zeros(b, p, dtype=torch.bool)
+    head = torch.randint(3, vocab, (prefix,), generator=g)
     for k, n in enumerate(PROMPT_LENGTHS):
-        tokens = torch.randint(3, vocab, (n,), generator=g)
+        tokens = torch.cat([head, torch.randint(3, vocab, (n,), generator=g)])
+        n += prefix
         pid[k * G:(k + 1) * G, p - n:] = tokens
         pm[k * G:(k + 1) * G, p - n:] = True
     clen = torch.randint(1, t + 1, (b,), generator=g)
@@ -113,16 +116,37 @@ def test_micro_batches_forward_each_distinct_prompt_once(reg):
     # completions continue each prompt's positions
     assert mixed.completion_positions[0, 0] == PROMPT_LENGTHS[0]
     assert mixed.completion_positions[1, 0] == PROMPT_LENGTHS[1]
+    assert all(s.prefix_ids is None for s in shared)  # random prompts share no beginning
 
 
+def test_a_beginning_the_distinct_prompts_share_runs_once():
+    prefix = MIN_SHARED_PREFIX + 2
+    rollout, adv = make_group_rollout(0, prefix=prefix)
+    batch = build_policy_batch(rollout, adv, plugin="grpo")
+    whole = SharedPromptMicroBatch.from_rows(batch, torch.arange(10))
+    assert whole.prefix_ids.tolist() == [rollout.prompt_ids[0, -PROMPT_LENGTHS[0] - prefix:][:prefix].tolist()]
+    # each distinct prompt keeps the rest, left-padded; positions go on from the prefix
+    for k, row in enumerate((0, G)):
+        rest = whole.prompt_ids[k][whole.prompt_mask[k, prefix:].bool()]
+        assert rest.tolist() == rollout.prompt_ids[row][rollout.prompt_mask[row]][prefix:].tolist()
+        assert whole.prompt_positions[k, -1] == prefix + PROMPT_LENGTHS[k] - 1
+    assert whole.attention_mask.shape[1] == batch.prompt_len + whole.width - 1
+    # one distinct prompt: nothing to share across prompts; a prompt never gives up its last token to the prefix
+    assert SharedPromptMicroBatch.from_rows(batch, torch.arange(4)).prefix_ids is None
+    short, _ = make_group_rollout(0, prefix=MIN_SHARED_PREFIX - 1)
+    short_batch = build_policy_batch(short, adv, plugin="grpo")
+    assert SharedPromptMicroBatch.from_rows(short_batch, torch.arange(10)).prefix_ids is None
+
+
+@pytest.mark.parametrize("prefix", [0, 12], ids=["distinct", "common-beginning"])
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_shared_prompt_logprobs_and_gradients_match_the_concatenated_forward(reg, tmp_path, lora):
+def test_shared_prompt_logprobs_and_gradients_match_the_concatenated_forward(reg, tmp_path, lora, prefix):
     params = {"beta": 0.0, "share_prompt": True}
     if lora:
         params["lora"] = {"r": 4}
     trainer = make_trainer(reg, tmp_path, **params)
     assert trainer.shared_prompt_keyword is not None
-    rollout, adv = make_group_rollout(1)
+    rollout, adv = make_group_rollout(1, prefix=prefix)
     if lora:
         # B starts at zero, so the adapter would contribute nothing yet: give it weights to differentiate through
         with torch.no_grad():
@@ -139,15 +163,16 @@ def test_shared_prompt_logprobs_and_gradients_match_the_concatenated_forward(reg
     trainer.close()
 
 
-@pytest.mark.parametrize("t", [8, 1], ids=["completions", "one-token-completions"])
+@pytest.mark.parametrize("t,prefix", [(8, 0), (1, 0), (8, 12), (1, 12)],
+                         ids=["completions", "one-token-completions", "common-beginning", "common-beginning-one-token"])
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_shared_prompt_reference_and_old_logprobs_match(reg, tmp_path, lora, t):
+def test_shared_prompt_reference_and_old_logprobs_match(reg, tmp_path, lora, t, prefix):
     params = {"beta": 0.04, "share_prompt": True}
     if lora:
         params["lora"] = {"r": 4}
     trainer = make_trainer(reg, tmp_path, **params)
     # one-token completions: the prompt pass alone predicts everything
-    rollout, adv = make_group_rollout(2, t=t)
+    rollout, adv = make_group_rollout(2, t=t, prefix=prefix)
     batch = build_policy_batch(rollout, adv, plugin="grpo")
     plan = trainer._plan(batch)
     keyword = trainer.shared_prompt_keyword
@@ -161,15 +186,15 @@ def test_shared_prompt_reference_and_old_logprobs_match(reg, tmp_path, lora, t):
     trainer.close()
 
 
-@pytest.mark.parametrize("mini_batches", [1, 2])
+@pytest.mark.parametrize("mini_batches,prefix", [(1, 0), (2, 0), (1, 12)], ids=["one", "two", "common-beginning"])
 @pytest.mark.parametrize("share", [True, False], ids=["shared", "concatenated"])
-def test_zero_advantages_leave_the_weights_bitwise_unchanged(reg, tmp_path, share, mini_batches):
+def test_zero_advantages_leave_the_weights_bitwise_unchanged(reg, tmp_path, share, mini_batches, prefix):
     """pi_ref (a separate copy), pi_old and pi_theta must round identically before any update: the k3 KL
     gradient of last-bit noise is not zero, and Adam's normalisation makes it a learning-rate-sized step."""
     trainer = make_trainer(reg, tmp_path, beta=0.04, share_prompt=share, zero_stage=0, mini_batches=mini_batches)
     assert trainer.ref_model is not None and (trainer.shared_prompt_keyword is not None) == share
     before = {n: q.detach().clone() for n, q in trainer.engine.module.named_parameters()}
-    rollout, adv = make_group_rollout(0)
+    rollout, adv = make_group_rollout(0, prefix=prefix)
     metrics = trainer.step(rollout, torch.zeros_like(adv))
     assert metrics["kl"] == 0.0
     for n, q in trainer.engine.module.named_parameters():
@@ -177,13 +202,14 @@ def test_zero_advantages_leave_the_weights_bitwise_unchanged(reg, tmp_path, shar
     trainer.close()
 
 
-@pytest.mark.parametrize("stage,lora", [(0, None), (2, None), (0, {"r": 4})], ids=["zero0", "zero2", "zero0-lora"])
-def test_three_steps_with_shared_prompts_stay_with_the_concatenated_run(reg, tmp_path, stage, lora):
+@pytest.mark.parametrize("stage,lora,prefix", [(0, None, 0), (2, None, 0), (0, {"r": 4}, 0), (0, {"r": 4}, 12)],
+                         ids=["zero0", "zero2", "zero0-lora", "zero0-lora-common-beginning"])
+def test_three_steps_with_shared_prompts_stay_with_the_concatenated_run(reg, tmp_path, stage, lora, prefix):
     runs = {}
     for share in (False, True):
         trainer = make_trainer(reg, tmp_path / str(share), beta=0.04, share_prompt=share, zero_stage=stage, lora=lora)
         assert (trainer.shared_prompt_keyword is not None) == share
-        metrics = [trainer.step(*make_group_rollout(10 + s)) for s in range(3)]
+        metrics = [trainer.step(*make_group_rollout(10 + s, prefix=prefix)) for s in range(3)]
         runs[share] = metrics, {k: v.detach().clone() for k, v in trainer.export_weights()}
         trainer.close()
     (m_cat, w_cat), (m_shared, w_shared) = runs[False], runs[True]

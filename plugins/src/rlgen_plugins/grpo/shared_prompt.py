@@ -11,6 +11,13 @@ run over different shapes).
 
 Rows are matched by their prompt tokens, not by ``Rollout.group``: a micro-batch that splits a
 group simply holds fewer copies of that prompt, and two groups with the same prompt share it.
+
+Distinct prompts often share a beginning too (a few-shot template: the RELATE preset's 155-token
+prompts share their first 117 tokens). When they share at least ``MIN_SHARED_PREFIX`` tokens, that
+prefix runs once for the whole micro-batch, each prompt's remainder runs on its cache, and the
+completions run on theirs: three passes where the cache layout is [prefix | remainder, padded on
+its left | completion]. Padding in the middle is masked and positions count real tokens, so every
+query sees the keys and positions it sees in the concatenated forward.
 """
 
 from __future__ import annotations
@@ -22,17 +29,23 @@ from typing import Any
 import torch
 
 from ..models import hf_model
+from ..prompt_prefix import MIN_SHARED_PREFIX, shared_prefix_length, split_prefix
 from .batching import PolicyBatch
 
 
 @dataclass
 class SharedPromptMicroBatch:
-    """Some rows of a :class:`PolicyBatch` as distinct prompts plus the completions that continue them."""
+    """Some rows of a :class:`PolicyBatch` as distinct prompts plus the completions that continue them.
+
+    Without a shared prefix ``prompt_ids`` are the whole distinct prompts; with one (``prefix_ids``
+    of length L), the rest of each prompt, and ``prompt_mask`` spans prefix and rest.
+    """
 
     rows: torch.Tensor  # indices into the PolicyBatch
-    prompt_ids: torch.Tensor  # [u, p] distinct prompts, left-padded, trimmed to the columns any row uses
-    prompt_mask: torch.Tensor  # [u, p] long
-    prompt_positions: torch.Tensor  # [u, p]
+    prefix_ids: torch.Tensor | None  # [1, L] the tokens every distinct prompt starts with, or None
+    prompt_ids: torch.Tensor  # [u, p - L] distinct prompts (after the prefix), left-padded, trimmed to used columns
+    prompt_mask: torch.Tensor  # [u, p] long: prefix (all ones) and the rest
+    prompt_positions: torch.Tensor  # [u, p - L]
     prompt_of_row: torch.Tensor  # [b] index into the u prompts
     completion_inputs: torch.Tensor  # [b, t - 1]: the last kept completion token predicts nothing we keep
     attention_mask: torch.Tensor  # [b, p + t - 1] long, prompt padding masked
@@ -54,14 +67,23 @@ class SharedPromptMicroBatch:
             0, prompt_of_row, torch.arange(len(rows)), "amin", include_self=False
         )
         end = p + full.width - 1
+        prompt_ids, prompt_mask = prompt_ids[first_row], prompt_mask[first_row]
+        prompt_positions = full.position_ids[first_row, :p]
+        attention_mask = full.attention_mask[:, :end]
+        prefix_ids = None
+        length = shared_prefix_length(prompt_ids, prompt_mask)
+        if length >= MIN_SHARED_PREFIX:
+            prefix_ids, prompt_ids, prompt_mask, prompt_positions = split_prefix(prompt_ids, prompt_mask, length)
+            attention_mask = torch.cat([prompt_mask[prompt_of_row], attention_mask[:, p:]], dim=1)
         return cls(
             rows=rows,
-            prompt_ids=prompt_ids[first_row],
-            prompt_mask=prompt_mask[first_row],
-            prompt_positions=full.position_ids[first_row, :p],
+            prefix_ids=prefix_ids,
+            prompt_ids=prompt_ids,
+            prompt_mask=prompt_mask,
+            prompt_positions=prompt_positions,
             prompt_of_row=prompt_of_row,
             completion_inputs=full.input_ids[:, p:end],
-            attention_mask=full.attention_mask[:, :end],
+            attention_mask=attention_mask,
             completion_positions=full.position_ids[:, p:end],
             targets=full.targets,
             mask=full.mask,
@@ -92,9 +114,19 @@ def shared_prompt_logits(module: Any, mb: SharedPromptMicroBatch, keyword: str) 
     ``module`` is anything called like the HF model (the DeepSpeed engine, a PEFT model, the
     reference model); ``keyword`` is what :func:`cache_keyword` found for it.
     """
+    shared: dict[str, Any] = {}
+    if mb.prefix_ids is not None:
+        length = mb.prefix_ids.shape[1]
+        prefix = module(
+            input_ids=mb.prefix_ids, attention_mask=mb.prompt_mask[:1, :length],
+            position_ids=torch.arange(length, device=mb.prefix_ids.device)[None], use_cache=True, logits_to_keep=1,
+        )
+        cache = prefix["cache"] if "cache" in prefix else prefix["past_key_values"]
+        cache.batch_select_indices(torch.zeros(mb.prompt_ids.shape[0], dtype=torch.long, device=mb.prefix_ids.device))
+        shared = {keyword: cache}
     prompt = module(
         input_ids=mb.prompt_ids, attention_mask=mb.prompt_mask, position_ids=mb.prompt_positions,
-        use_cache=True, logits_to_keep=1,
+        use_cache=True, logits_to_keep=1, **shared,
     )
     # a prompt's last position is real (prompts are left-padded): it predicts completion token 0
     first = prompt.logits[mb.prompt_of_row]

@@ -5,7 +5,8 @@ the BLAS kernel reads the weights at a third of the memory bandwidth, and it pre
 one of the G samples of a prompt although they share the prompt. This loop runs the model's
 own modules (embedding, RMSNorm, rotary embedding, activation) and weights, but
 
-- prefills each distinct prompt once and copies its KV cache to the G rows that sample from it;
+- prefills each distinct prompt once and copies its KV cache to the G rows that sample from it, and
+  the beginning all distinct prompts share (a few-shot template) once for all of them;
 - multiplies with weights pre-packed by oneDNN for the decode batch size, which reads them
   near the memory bandwidth (on CPU, where torch has oneDNN; elsewhere plain ``F.linear``),
   with the layers that read the same input stacked into one product (q, k, v; gate, up);
@@ -34,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models import hf_model
+from ..prompt_prefix import MIN_SHARED_PREFIX, shared_prefix_length, split_prefix
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 
@@ -161,33 +163,49 @@ class LlamaDecoder:
 
 
     def prefill(
-        self, ids: torch.Tensor, mask: torch.Tensor, capacity: int
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        capacity: int,
+        past: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Run left-padded prompts ``ids`` [N, P]; return last-position logits [N, V] and per-layer
-        KV caches [N, kv_heads, capacity, head_dim] holding the first P positions."""
-        n, p = ids.shape
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        causal = torch.ones(p, p, dtype=torch.bool, device=ids.device).tril()
+        """Run left-padded prompts ``ids`` [N, S]; return last-position logits [N, V] and per-layer KV caches
+        [N, kv_heads, capacity, head_dim] holding the first L + S positions.
+
+        ``past``: per-layer K/V [1, kv_heads, L, head_dim] of a prefix every prompt continues (a
+        :func:`prefill` of it); it fills slots 0..L-1, ``ids`` go to the slots after it and their
+        positions go on from L.
+        """
+        n, s = ids.shape
+        length = 0 if past is None else past[0][0].shape[2]
+        positions = length + (mask.long().cumsum(-1) - 1).clamp(min=0)
+        causal = torch.ones(s, s, dtype=torch.bool, device=ids.device).tril()
         # pad queries may see themselves, so no softmax row is empty (NaN would reach the pads' own
         # K/V); real queries never see a pad key
-        attend = (causal & mask[:, None, :]) | torch.eye(p, dtype=torch.bool, device=ids.device)
+        attend = (causal & mask[:, None, :]) | torch.eye(s, dtype=torch.bool, device=ids.device)
+        if length:  # every query sees the whole prefix
+            attend = torch.cat([attend.new_ones(n, s, length), attend], dim=2)
         attend = attend[:, None]
         x = self.embed(ids)
         cos, sin = self.rotary(x, positions)
         caches = []
         hd, nh, nkv = self.head_dim, self.n_heads, self.n_kv
-        for layer, (att, mlp) in zip(self.layers, self.prefill_layers):
+        end = length + s
+        for i, (layer, (att, mlp)) in enumerate(zip(self.layers, self.prefill_layers)):
             h = layer.input_norm(x)
-            q = att.q_proj(h).view(n, p, nh, hd).transpose(1, 2)
-            k = att.k_proj(h).view(n, p, nkv, hd).transpose(1, 2)
-            v = att.v_proj(h).view(n, p, nkv, hd).transpose(1, 2)
+            q = att.q_proj(h).view(n, s, nh, hd).transpose(1, 2)
+            k = att.k_proj(h).view(n, s, nkv, hd).transpose(1, 2)
+            v = att.v_proj(h).view(n, s, nkv, hd).transpose(1, 2)
             q, k = self.rope(q, k, cos, sin)
             kc = x.new_zeros(n, nkv, capacity, hd)
             vc = x.new_zeros(n, nkv, capacity, hd)
-            kc[:, :, :p], vc[:, :, :p] = k, v
+            if length:
+                kc[:, :, :length], vc[:, :, :length] = past[i]
+            kc[:, :, length:end], vc[:, :, length:end] = k, v
             caches.append((kc, vc))
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, scale=self.scale, enable_gqa=nkv != nh)
-            x = x + att.o_proj(a.transpose(1, 2).reshape(n, p, nh * hd))
+            keys, values = (k, v) if not length else (kc[:, :, :end], vc[:, :, :end])
+            a = F.scaled_dot_product_attention(q, keys, values, attn_mask=attend, scale=self.scale, enable_gqa=nkv != nh)
+            x = x + att.o_proj(a.transpose(1, 2).reshape(n, s, nh * hd))
             x = x + mlp(layer.post_norm(x))
         last = self.norm(x[:, -1])
         return self.model.lm_head(last), caches
@@ -259,13 +277,22 @@ def decode(
     index = prompt_of_row.to(device)
     b, p = index.shape[0], prompt_ids.shape[1]
     capacity = p + max_new_tokens
-    logits, shared = decoder.prefill(prompt_ids, prompt_mask, capacity)
+    length = shared_prefix_length(prompt_ids, prompt_mask)
+    if length >= MIN_SHARED_PREFIX:
+        # the beginning the prompts share runs once; the cache layout is [prefix | rest, left-padded]
+        prefix, rest, layout, _ = split_prefix(prompt_ids, prompt_mask, length)
+        _, past = decoder.prefill(prefix, torch.ones_like(prefix, dtype=torch.bool), length)
+        logits, shared = decoder.prefill(rest, layout[:, length:].bool(), capacity, past=past)
+        del past
+    else:
+        layout = prompt_mask
+        logits, shared = decoder.prefill(prompt_ids, prompt_mask, capacity)
     caches = [(k.index_select(0, index), v.index_select(0, index)) for k, v in shared]
     del shared
     logits = logits.index_select(0, index)
     input_ids = prompt_ids.index_select(0, index)
     key_mask = torch.zeros(b, capacity, dtype=torch.bool, device=device)
-    key_mask[:, :p] = prompt_mask.index_select(0, index)
+    key_mask[:, :p] = layout.bool().index_select(0, index)
     positions = prompt_mask.long().sum(-1).index_select(0, index)  # a row's next position: its real tokens so far
     unfinished = torch.ones(b, dtype=torch.bool, device=device)
     active = torch.arange(b, device=device)  # the rows the decoder still runs, in order

@@ -94,9 +94,11 @@ def test_repeated_phrase_at_a_distance_and_its_options(llama_tok):
     assert res.details[0]["repeats"] == ["fast", "repairs"] and res.details[0]["kinds"] == ["phrase", "phrase"]
     res = score(RepetitionReward(RepetitionReward.Params(cross_lines=True)), r)
     assert res.details[0]["repeats"] == ["book", "a", "free", "quote", "fast", "repairs"]
-    # stop-word-only phrases and numbers are never repeats
-    r = rlgen.Rollout.from_texts(llama_tok, ["Title: Open 24 7\nDescription: In the city, in the suburbs, 24 7 24 7."], [0])
+    # stop-word-only phrases and a lone number said twice are no repeats; a number of several parts said twice is
+    r = rlgen.Rollout.from_texts(llama_tok, ["Title: Open 24/7\nDescription: In the city, in the suburbs, 1 on 1, 2 for 2."], [0])
     assert not score(RepetitionReward(), r).values.any()
+    r = rlgen.Rollout.from_texts(llama_tok, ["Title: Rated 4.9 for 4.9\nDescription: Open 24/7, 24/7 support."], [0])
+    assert [d["repeats"] for d in score(RepetitionReward(), r).details] == [["4", "9", "24", "7"]]
     # word_gap: one word between two mentions still stutters when allowed
     r = rlgen.Rollout.from_texts(llama_tok, ["Title: Lease deals lease\nDescription: Honda lease."], [0])
     assert not score(RepetitionReward(), r).values.any()

@@ -14,7 +14,8 @@ What counts as a repeat, inside one line of one completion (a line is a field of
 - **repeated phrase**: an n-gram of ``ngram_min`` or more words (``cjk_ngram_min`` characters for Chinese or
   Japanese) that occurs again later in the line (``cross_lines`` extends this to the whole completion).
 
-Not repeats: numbers (phone numbers, "24/7", "1 on 1"), phrases made only of stop words ("in the"), a CJK
+Not repeats: a lone number ("1 on 1", "2 for 2"; a number of several parts said twice is: "Rated 4.9 for
+4.9", "24/7 24/7"), phrases made only of stop words ("in the"), a CJK
 character doubled ("天天", "看看": reduplication is grammar), and line labels such as "Title:" (``labels``). A
 title and a description may both name the product: the keyword in both fields is ordinary practice, so by default
 phrase repeats are looked for within a line.
@@ -118,7 +119,10 @@ class RepetitionReward(rlgen.RewardProvider):
             False, description="look for repeated phrases over the whole completion, not only within one line "
             "(stutter is always within a line)"
         )
-        ignore_numbers: bool = Field(True, description="numbers are never repeats (phone numbers, '24/7', '1 on 1')")
+        ignore_numbers: bool = Field(
+            True, description="a lone number is never a repeat ('1 on 1'); a number of several parts said twice is "
+            "('4.9 for 4.9', '24/7 24/7'); False: numbers count as words"
+        )
         labels: str | None = Field(
             r"^[ \t*#>-]*[^\W\d_]+(?: [^\W\d_]+)?[ \t]*[:：]",
             description="regex of a line label whose words are no part of any repeat ('Title:'); None to keep them",
@@ -155,8 +159,12 @@ class RepetitionReward(rlgen.RewardProvider):
         return len(stem) >= self.params.stem_min_chars and stem == _inflection_stem(b.key)
 
     def _countable(self, units: list[_Unit]) -> bool:
-        """A phrase can be a repeat when it has a word that is neither a stop word nor (if ignored) a number."""
-        return any(not u.stop and not (u.number and self.params.ignore_numbers) for u in units)
+        """A phrase can be a repeat when it has a word that is neither a stop word nor (if ignored) a number, or
+        two numbers: a number of several parts ("4.9", "24/7", "1,100") said twice reads as stutter ("Rated 4.9
+        for 4.9"), where a lone number said twice is ordinary ("1 on 1", "2 for 2")."""
+        if any(not u.stop and not (u.number and self.params.ignore_numbers) for u in units):
+            return True
+        return sum(u.number for u in units) >= 2
 
     def _stutters(self, line: list[_Unit], out: dict[int, str]) -> None:
         """Mark units that repeat the word (or phrase) just before them."""

@@ -67,13 +67,13 @@ FULL = Schedule(
     log_contexts=300,
     impressions_per_context=2000,
     ctcvr_epochs=30,
-    # 48: the time the speed-ups saved spent on steps (14 steps took 9 of the demo's 17 minutes before them;
-    # a step of the preset now takes about 8 s on 2 idle cores, KL term included)
+    # 48 steps of 4 prompts x G = 5: the time the speed-ups saved spent on steps and samples (14 steps of 2 prompts
+    # took 9 of the demo's 17 minutes before them; a step of the preset now takes about 15 s on 2 idle cores)
     steps=48,
     eval_contexts=128,  # of 139: at 64 the compliance and format CIs nearly touched zero
     samples_per_context=1,
-    expected="about 12 minutes on 2 idle CPU cores: logs and CTCVR model 1-2 min, base eval 1-2 min, "
-             "48 RELATE steps of about 8 s, trained eval 1 min",
+    expected="about 16 minutes on 2 idle CPU cores: logs and CTCVR model 1-2 min, base eval 1-2 min, "
+             "48 RELATE steps of about 15 s, trained eval 1 min",
 )
 
 # --quick: the same pipeline on the tiny random Llama, to see every stage and file in a few minutes. A random

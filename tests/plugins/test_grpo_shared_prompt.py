@@ -14,7 +14,8 @@ from rlgen.config import load_config
 from rlgen.discovery import registry
 from rlgen_plugins.grpo import GrpoTrainer
 from rlgen_plugins.grpo.batching import build_policy_batch
-from rlgen_plugins.grpo.shared_prompt import MIN_SHARED_PREFIX, SharedPromptMicroBatch
+from rlgen_plugins.grpo.shared_prompt import SharedPromptMicroBatch
+from rlgen_plugins.prompt_prefix import MIN_SHARED_PREFIX
 
 PROMPT_LENGTHS = (4, 7)  # mixed: the shorter prompt is left-padded
 G = 5

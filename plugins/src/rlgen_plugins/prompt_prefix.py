@@ -16,7 +16,8 @@ MIN_SHARED_PREFIX = 8
 
 def shared_prefix_length(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> int:
     """How many leading real tokens all ``u`` left-padded prompts [u, p] share, leaving each at least one of its own
-    (its last position predicts the first completion token); 0 for a single prompt."""
+    (its last position predicts the first completion token); 0 for a single prompt or a beginning shorter than
+    ``MIN_SHARED_PREFIX``, which is not worth a pass of its own."""
     if prompt_ids.shape[0] < 2:
         return 0
     lengths = prompt_mask.sum(1)
@@ -28,7 +29,8 @@ def shared_prefix_length(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) ->
     same = (heads == heads[:1]).all(0)
     differ = (~same).nonzero()
     common = int(differ[0]) if differ.numel() else shortest
-    return min(common, shortest - 1)
+    length = min(common, shortest - 1)
+    return length if length >= MIN_SHARED_PREFIX else 0
 
 
 def split_prefix(

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from ..models import hf_model
-from ..prompt_prefix import MIN_SHARED_PREFIX, shared_prefix_length, split_prefix
+from ..prompt_prefix import shared_prefix_length, split_prefix
 from .batching import PolicyBatch
 
 
@@ -72,7 +72,7 @@ class SharedPromptMicroBatch:
         attention_mask = full.attention_mask[:, :end]
         prefix_ids = None
         length = shared_prefix_length(prompt_ids, prompt_mask)
-        if length >= MIN_SHARED_PREFIX:
+        if length:
             prefix_ids, prompt_ids, prompt_mask, prompt_positions = split_prefix(prompt_ids, prompt_mask, length)
             attention_mask = torch.cat([prompt_mask[prompt_of_row], attention_mask[:, p:]], dim=1)
         return cls(

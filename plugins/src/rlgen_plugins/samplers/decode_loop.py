@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models import hf_model
-from ..prompt_prefix import MIN_SHARED_PREFIX, shared_prefix_length, split_prefix
+from ..prompt_prefix import shared_prefix_length, split_prefix
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 
@@ -278,7 +278,7 @@ def decode(
     b, p = index.shape[0], prompt_ids.shape[1]
     capacity = p + max_new_tokens
     length = shared_prefix_length(prompt_ids, prompt_mask)
-    if length >= MIN_SHARED_PREFIX:
+    if length:
         # the beginning the prompts share runs once; the cache layout is [prefix | rest, left-padded]
         prefix, rest, layout, _ = split_prefix(prompt_ids, prompt_mask, length)
         _, past = decoder.prefill(prefix, torch.ones_like(prefix, dtype=torch.bool), length)

@@ -3,6 +3,8 @@ when relate.format's field_length rule fails on a too-long field."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -82,3 +84,51 @@ def test_a_regex_layout_maps_spans_into_the_unstripped_text(tok):
     text = "  Bagels today|Fresh."
     spans = OverflowReward(OverflowReward.Params(layout=layout)).overflow_spans(text)
     assert {k: text[s:e] for k, (s, e) in spans.items()} == {"title": "s today"}
+
+
+SHORT_LAYOUT = {"fields": [{"name": "title", "labels": ["Title"], "max_chars": 30},
+                           {"name": "description", "labels": ["Description"], "min_chars": 30, "max_chars": 90}]}
+
+
+def test_a_field_ended_short_of_its_minimum_penalises_the_token_that_ended_it(tok):
+    thin = "Title: Calculus Tutoring Online\nDescription: Free.\n"
+    full = "Title: Calculus Tutoring Online\nDescription: Free first lesson, tutors with degrees.\n"
+    provider = OverflowReward(OverflowReward.Params(penalty=0.5, layout=SHORT_LAYOUT))
+    r, res = scored(provider, tok, [thin, full])
+    assert not res.values[1].any()
+    marked = res.values[0].nonzero().flatten().tolist()
+    assert len(marked) == 1  # one choice ended the field: the token after "Free."
+    start, end = r.token_offsets[0, marked[0]].tolist()
+    assert end > thin.index("Free.") + len("Free.") and "\n" in thin[start:end]
+    assert res.details[0] == {"over": {}, "short": ["description"]}
+    assert res.metrics["short_rate/description"] == 0.5
+    # the default layout's min_chars of 1 leaves a thin field alone
+    assert not OverflowReward().score(r).values.any()
+
+
+def test_a_stop_token_that_ended_a_short_field_carries_the_penalty(tok):
+    """As the samplers hand it over: the stop string is cut from the text, its token has an empty span at the end."""
+    raw = "Title: Calculus Tutoring Online\nDescription: Free.\n\n"
+    r = rlgen.Rollout.from_texts(tok, [raw], [0])
+    text = raw.rstrip("\n")
+    offsets = r.token_offsets.clamp(max=len(text))
+    r = dataclasses.replace(r, texts=[text], token_offsets=offsets)
+    values = OverflowReward(OverflowReward.Params(layout=SHORT_LAYOUT)).score(r).values
+    marked = values[0].nonzero().flatten().tolist()
+    assert len(marked) == 1 and offsets[0, marked[0]].tolist() == [len(text), len(text)]
+    # a text cut right after the field (no token after it) has no ending token to blame
+    cut = rlgen.Rollout.from_texts(tok, [text], [0])
+    assert not OverflowReward(OverflowReward.Params(layout=SHORT_LAYOUT)).score(cut).values.any()
+
+
+def test_it_fires_exactly_when_format_fails_on_a_short_field(tok):
+    texts = [
+        "Title: Fresh Bagels Near You\nDescription: Baked every morning. Order online.\n",
+        "Title: Fresh Bagels Near You\nDescription: Baked daily.\n",
+        "Title: Bagels\nDescription: Baked every\nmorning, order it\n",  # 29 characters over two lines
+        "Title: Bagels\nDescription: Baked every\nmorning, order now\n",  # 30: at the minimum
+    ]
+    fmt = FormatReward(FormatReward.Params(rules=["field_length"], all_or_nothing=True, layout=SHORT_LAYOUT))
+    f = fmt.score(rlgen.Rollout.from_texts(tok, texts, [0, 1, 2, 3]))
+    _, o = scored(OverflowReward(OverflowReward.Params(layout=SHORT_LAYOUT)), tok, texts)
+    assert [v < 0 for v in f.values.tolist()] == [bool(row.any()) for row in o.values] == [False, True, True, False]

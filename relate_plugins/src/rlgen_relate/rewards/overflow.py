@@ -1,4 +1,5 @@
-"""``relate.overflow``: token-level penalty on the characters a field writes past its limit (Eq. 5/7 style).
+"""``relate.overflow``: token-level penalty on the characters a field writes past its limit, and on the token that
+ends a field short of its minimum (Eq. 5/7 style).
 
 Search-ad fields have hard character limits (a 30-character title, a 90-character description): review rejects a
 field over its limit or the serving system cuts it. ``relate.format`` scores that as one sentence-level verdict
@@ -10,6 +11,12 @@ tokens whose characters lie past a field's limit, so token-level credit (``relat
 A completion cut by ``max_new_tokens`` in the middle of a long field is penalised the same way: its tail is
 past the limit. Limits come from the layout's ``max_chars`` (the same ones ``relate.format`` checks) unless
 ``max_chars`` overrides them per field.
+
+A field shorter than its layout's ``min_chars`` (a description of "Free.") fails review too, but no character of it
+is at fault: the fault is ending there. So the penalty goes on the one token that ended the field, the line break or
+the stop/EOS token after its last character, and token-level credit pushes down "stop now" after a thin field. A
+layout's default ``min_chars`` of 1 never fires on a field that has any text; give the field a larger one (the
+RELATE preset shares one layout between ``relate.format`` and this reward) to turn it on.
 """
 
 from __future__ import annotations
@@ -24,12 +31,14 @@ from ._layout import LayoutParser, LayoutSpec
 
 class OverflowReward(rlgen.RewardProvider):
     name = "relate.overflow"
-    description = "Token-level penalty on the tokens of a field past its character limit (title over 30, description over 90)."
+    description = ("Token-level penalty on the tokens of a field past its character limit (title over 30, description "
+                   "over 90) and on the token that ends a field short of its layout's min_chars.")
     granularity = "token"
 
     class Params(rlgen.Params):
-        penalty: float = Field(1.0, ge=0, description="penalty on each token with a character past its field's limit")
-        layout: LayoutSpec = Field(default_factory=LayoutSpec, description="the ad's fields, their labels and max_chars")
+        penalty: float = Field(1.0, ge=0, description="penalty on each token with a character past its field's limit, "
+                               "and on the token that ends a field short of its min_chars")
+        layout: LayoutSpec = Field(default_factory=LayoutSpec, description="the ad's fields, their labels, min_chars and max_chars")
         max_chars: dict[str, int] = Field(
             default_factory=dict, description="per-field limit overriding the layout's max_chars, e.g. {title: 25}"
         )
@@ -47,6 +56,7 @@ class OverflowReward(rlgen.RewardProvider):
         self._limits = {name: limit for name, limit in limits.items() if limit is not None}
         if not self._limits:
             raise rlgen.PluginError(f"{self.name}: no field has a character limit (set layout fields' max_chars or params.max_chars)")
+        self._minimums = {f.name: f.min_chars for f in p.layout.fields if f.min_chars > 1}
         self._parser = LayoutParser(p.layout)
 
     def overflow_spans(self, text: str) -> dict[str, tuple[int, int]]:
@@ -72,15 +82,49 @@ class OverflowReward(rlgen.RewardProvider):
                 budget -= end - start
         return out
 
+    def short_ends(self, text: str) -> dict[str, int]:
+        """Per field with text but fewer characters than its ``min_chars``: where it ends in ``text``.
+
+        Characters are counted as :meth:`overflow_spans` counts them, so this fires exactly when
+        ``relate.format``'s ``field_length`` rule fails on a too-short field."""
+        out: dict[str, int] = {}
+        for name, segments in self._parser.value_spans(text).items():
+            minimum = self._minimums.get(name)
+            if minimum is None or not segments:
+                continue
+            chars = sum(end - start for start, end in segments) + len(segments) - 1
+            if 0 < chars < minimum:
+                out[name] = segments[-1][1]
+        return out
+
+    @staticmethod
+    def _ending_tokens(rollout: rlgen.Rollout, ends: list[dict[str, int]]) -> torch.Tensor:
+        """BoolTensor [B, T]: for each end position, the first real token holding a character past it, or the
+        empty-span stop/EOS token at it: the token whose choice ended the field. None after a cut text."""
+        hit = torch.zeros(rollout.completion_ids.shape, dtype=torch.bool)
+        if not any(ends):
+            return hit
+        starts, stops = rollout.token_offsets[..., 0], rollout.token_offsets[..., 1]
+        for i, sample in enumerate(ends):
+            for end in sample.values():
+                after = rollout.completion_mask[i] & ((stops[i] > end) | (starts[i] >= end))
+                first = after.nonzero()
+                if len(first):
+                    hit[i, first[0, 0]] = True
+        return hit
+
     def score(self, rollout: rlgen.Rollout) -> rlgen.RewardResult:
         found = [self.overflow_spans(text) for text in rollout.texts]
-        hit = rollout.spans_to_tokens([list(f.values()) for f in found])
+        short = [self.short_ends(text) for text in rollout.texts]
+        hit = rollout.spans_to_tokens([list(f.values()) for f in found]) | self._ending_tokens(rollout, short)
         values = torch.where(hit, torch.tensor(-float(self.params.penalty)), torch.tensor(0.0))  # Eq. 5 style
-        details = [{"over": {name: text[s:e] for name, (s, e) in f.items()}} for text, f in zip(rollout.texts, found)]
+        details = [{"over": {name: text[s:e] for name, (s, e) in f.items()}, "short": sorted(sh)}
+                   for text, f, sh in zip(rollout.texts, found, short)]
         b = max(len(found), 1)
         metrics = {
             "overflow_rate": sum(1 for f in found if f) / b,
             **{f"overflow_rate/{name}": sum(1 for f in found if name in f) / b for name in self._limits},
+            **{f"short_rate/{name}": sum(1 for sh in short if name in sh) / b for name in self._minimums},
             "penalized_token_fraction": float(hit.sum()) / max(int(rollout.completion_mask.sum()), 1),
         }
         return rlgen.RewardResult(values=values, details=details, metrics=metrics)

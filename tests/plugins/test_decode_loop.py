@@ -65,7 +65,9 @@ def test_seeded_sampling_is_the_same_on_both_paths(make_context, chatty_llama: P
 
 
 TEMPLATE = ("Query: bagels near me\nAd: Fresh Bagels Near You. Baked every morning.\n\n"
-            "Query: bike repair\nAd: Same-Day Bike Repair. Flat tires fixed from $15.\n\nQuery: {}\nAd:")
+            "Query: bike repair\nAd: Same-Day Bike Repair. Flat tires fixed from $15.\n\n"
+            "Query: dentist open saturday\nAd: Saturday Dental Care. New patients welcome, book online.\n\n"
+            "Query: {}\nAd:")
 TEMPLATED = [rlgen.Prompt([{"role": "user", "content": TEMPLATE.format(q)}], {"query": q})
              for q in ("shoes", "cheap flights to London", "coffee")]
 

@@ -17,6 +17,8 @@ from rlgen_plugins.grpo.batching import build_policy_batch
 from rlgen_plugins.grpo.shared_prompt import SharedPromptMicroBatch
 from rlgen_plugins.prompt_prefix import MIN_SHARED_PREFIX
 
+COMMON = MIN_SHARED_PREFIX + 4  # a beginning long enough to get its own pass
+
 PROMPT_LENGTHS = (4, 7)  # mixed: the shorter prompt is left-padded
 G = 5
 MICRO_BATCH_SIZE = 4  # 10 rows -> passes of rows 0-3, 4-6, 7-9: both groups are split
@@ -139,7 +141,7 @@ def test_a_beginning_the_distinct_prompts_share_runs_once():
     assert SharedPromptMicroBatch.from_rows(short_batch, torch.arange(10)).prefix_ids is None
 
 
-@pytest.mark.parametrize("prefix", [0, 12], ids=["distinct", "common-beginning"])
+@pytest.mark.parametrize("prefix", [0, COMMON], ids=["distinct", "common-beginning"])
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_shared_prompt_logprobs_and_gradients_match_the_concatenated_forward(reg, tmp_path, lora, prefix):
     params = {"beta": 0.0, "share_prompt": True}
@@ -164,7 +166,7 @@ def test_shared_prompt_logprobs_and_gradients_match_the_concatenated_forward(reg
     trainer.close()
 
 
-@pytest.mark.parametrize("t,prefix", [(8, 0), (1, 0), (8, 12), (1, 12)],
+@pytest.mark.parametrize("t,prefix", [(8, 0), (1, 0), (8, COMMON), (1, COMMON)],
                          ids=["completions", "one-token-completions", "common-beginning", "common-beginning-one-token"])
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_shared_prompt_reference_and_old_logprobs_match(reg, tmp_path, lora, t, prefix):
@@ -187,7 +189,7 @@ def test_shared_prompt_reference_and_old_logprobs_match(reg, tmp_path, lora, t, 
     trainer.close()
 
 
-@pytest.mark.parametrize("mini_batches,prefix", [(1, 0), (2, 0), (1, 12)], ids=["one", "two", "common-beginning"])
+@pytest.mark.parametrize("mini_batches,prefix", [(1, 0), (2, 0), (1, COMMON)], ids=["one", "two", "common-beginning"])
 @pytest.mark.parametrize("share", [True, False], ids=["shared", "concatenated"])
 def test_zero_advantages_leave_the_weights_bitwise_unchanged(reg, tmp_path, share, mini_batches, prefix):
     """pi_ref (a separate copy), pi_old and pi_theta must round identically before any update: the k3 KL
@@ -203,7 +205,7 @@ def test_zero_advantages_leave_the_weights_bitwise_unchanged(reg, tmp_path, shar
     trainer.close()
 
 
-@pytest.mark.parametrize("stage,lora,prefix", [(0, None, 0), (2, None, 0), (0, {"r": 4}, 0), (0, {"r": 4}, 12)],
+@pytest.mark.parametrize("stage,lora,prefix", [(0, None, 0), (2, None, 0), (0, {"r": 4}, 0), (0, {"r": 4}, COMMON)],
                          ids=["zero0", "zero2", "zero0-lora", "zero0-lora-common-beginning"])
 def test_three_steps_with_shared_prompts_stay_with_the_concatenated_run(reg, tmp_path, stage, lora, prefix):
     runs = {}

@@ -177,10 +177,19 @@ def train_ctcvr_model(logs: str | Path, out_dir: Path, epochs: int, seed: int = 
     from ..ctcvr.data import LogFields, read_logs
     from ..ctcvr.train import TrainConfig, format_report, save_training, train
 
+    import torch
+
     fields = LogFields(text="ad_text", context=list(CTCVR_CONTEXT_FIELDS), group="context_id")
     table = read_logs([Path(logs)], fields)
     cfg = TrainConfig(epochs=epochs, seed=seed, progress=progress, cache_dir=str(cache_dir() / "ctcvr"))
-    model, result = train(table, None, fields, cfg)
+    # one thread, as the ctcvr CLI's default: MiniLM's embeddings round differently on two threads, and the reward
+    # model trained on them moved a fresh clone's demo from 82.8% to 69.5% compliance (docs/demo.md, round five)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model, result = train(table, None, fields, cfg)
+    finally:
+        torch.set_num_threads(threads)
     save_training(model, result, out_dir)
     val = result["val"]
     return {

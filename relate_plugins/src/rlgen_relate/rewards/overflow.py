@@ -15,8 +15,9 @@ past the limit. Limits come from the layout's ``max_chars`` (the same ones ``rel
 A field shorter than its layout's ``min_chars`` (a description of "Free.") fails review too, but no character of it
 is at fault: the fault is ending there. So the penalty goes on the one token that ended the field, the line break or
 the stop/EOS token after its last character, and token-level credit pushes down "stop now" after a thin field. A
-layout's default ``min_chars`` of 1 never fires on a field that has any text; give the field a larger one (the
-RELATE preset shares one layout between ``relate.format`` and this reward) to turn it on.
+layout's default ``min_chars`` of 1 never fires on a field that has any text; give the field a larger one (pass
+the layout ``relate.format`` checks, e.g. the RELATE preset's with ``min_chars: 30`` on the description) to turn
+it on.
 """
 
 from __future__ import annotations
@@ -64,8 +65,11 @@ class OverflowReward(rlgen.RewardProvider):
 
         The field's characters are counted as :class:`LayoutParser` counts them (its lines joined by a line
         break), so this reward fires exactly when ``relate.format``'s ``field_length`` rule fails on length."""
+        return self._overflows(self._parser.value_spans(text))
+
+    def _overflows(self, values: dict[str, list[tuple[int, int]]]) -> dict[str, tuple[int, int]]:
         out: dict[str, tuple[int, int]] = {}
-        for name, segments in self._parser.value_spans(text).items():
+        for name, segments in values.items():
             limit = self._limits.get(name)
             if limit is None or not segments:
                 continue
@@ -87,8 +91,11 @@ class OverflowReward(rlgen.RewardProvider):
 
         Characters are counted as :meth:`overflow_spans` counts them, so this fires exactly when
         ``relate.format``'s ``field_length`` rule fails on a too-short field."""
+        return self._short_ends(self._parser.value_spans(text))
+
+    def _short_ends(self, values: dict[str, list[tuple[int, int]]]) -> dict[str, int]:
         out: dict[str, int] = {}
-        for name, segments in self._parser.value_spans(text).items():
+        for name, segments in values.items():
             minimum = self._minimums.get(name)
             if minimum is None or not segments:
                 continue
@@ -114,8 +121,9 @@ class OverflowReward(rlgen.RewardProvider):
         return hit
 
     def score(self, rollout: rlgen.Rollout) -> rlgen.RewardResult:
-        found = [self.overflow_spans(text) for text in rollout.texts]
-        short = [self.short_ends(text) for text in rollout.texts]
+        values = [self._parser.value_spans(text) for text in rollout.texts]  # one parse serves both checks
+        found = [self._overflows(v) for v in values]
+        short = [self._short_ends(v) for v in values]
         hit = rollout.spans_to_tokens([list(f.values()) for f in found]) | self._ending_tokens(rollout, short)
         values = torch.where(hit, torch.tensor(-float(self.params.penalty)), torch.tensor(0.0))  # Eq. 5 style
         details = [{"over": {name: text[s:e] for name, (s, e) in f.items()}, "short": sorted(sh)}

@@ -174,10 +174,10 @@ def write_impression_logs(out: Path, train_path: str | Path, n_contexts: int, im
 
 def train_ctcvr_model(logs: str | Path, out_dir: Path, epochs: int, seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """(c) the ESMM reward model on the logs, through the ctcvr package's own training function."""
+    import torch
+
     from ..ctcvr.data import LogFields, read_logs
     from ..ctcvr.train import TrainConfig, format_report, save_training, train
-
-    import torch
 
     fields = LogFields(text="ad_text", context=list(CTCVR_CONTEXT_FIELDS), group="context_id")
     table = read_logs([Path(logs)], fields)

@@ -228,7 +228,7 @@ def summarize(
 ) -> dict[str, dict[str, float]]:
     """Mean and bootstrap CI (over contexts) of every per-sample metric; with a baseline, the
     relative delta (x - base) / base (Eq. 10) and the difference x - base, each with its paired
-    bootstrap CI."""
+    bootstrap CI (the relative delta's only where no resample has a baseline of 0)."""
     gen = torch.Generator().manual_seed(seed)
     out: dict[str, dict[str, float]] = {}
     for name in sorted(result.per_sample):
@@ -246,9 +246,12 @@ def summarize(
             row["diff"] = float(mean - base_mean)
             row["diff_ci_low"], row["diff_ci_high"] = _interval(boots - b_boot, level)
             if abs(float(base_mean)) > 1e-12:
-                deltas = (boots - b_boot) / b_boot.abs().clamp(min=1e-12)
                 row["delta"] = float((mean - base_mean) / abs(base_mean))
-                row["delta_ci_low"], row["delta_ci_high"] = _interval(deltas, level)
+                # a resample whose baseline is 0 has no relative delta (a few contexts of 0/1 outcomes, e.g. one
+                # vertical's compliance): the interval is then undefined, not a division by a clamp
+                if bool((b_boot.abs() > 1e-12).all()):
+                    deltas = (boots - b_boot) / b_boot.abs()
+                    row["delta_ci_low"], row["delta_ci_high"] = _interval(deltas, level)
         out[name] = row
     for name, value in sorted(result.scalars.items()):
         out[name] = {"mean": value}
@@ -269,8 +272,10 @@ def markdown_table(summary: dict[str, dict[str, float]]) -> str:
                 line += f" {row['baseline']:.4g} | {row['diff']:+.4g} [{row['diff_ci_low']:+.4g}, {row['diff_ci_high']:+.4g}] |"
             else:
                 line += " | |"
-            if "delta" in row:
+            if "delta_ci_low" in row:
                 line += f" {row['delta']:+.2%} | [{row['delta_ci_low']:+.2%}, {row['delta_ci_high']:+.2%}] |"
+            elif "delta" in row:
+                line += f" {row['delta']:+.2%} | undefined (baseline 0 in some resamples) |"
             else:
                 line += " | |"
         lines.append(line)

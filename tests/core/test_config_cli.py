@@ -163,3 +163,18 @@ def test_a_weighted_metric_is_summarised_as_a_ratio_over_contexts_with_a_paired_
     assert paired_difference(run, base, "m")["diff"] == pytest.approx(row["diff"])
     again = EvalResult.from_json(json.loads(json.dumps(run.to_json())))
     assert again.weights == run.weights  # eval.json keeps the weights, so a report can re-summarise
+
+
+def test_a_relative_delta_whose_baseline_can_resample_to_zero_has_no_interval():
+    """Four contexts of 0/1 outcomes (one vertical's compliance): some resamples hold only the base's zeros, so
+    (x - base) / base has no value there and no interval, where a clamp printed +1e14 %."""
+    from rlgen import EvalResult, summarize
+    from rlgen.evaluate import markdown_table
+
+    base = EvalResult({"m": [1.0, 0.0, 0.0, 0.0]}, {}, [""] * 4, [{}] * 4, [0, 1, 2, 3])
+    run = EvalResult({"m": [1.0, 1.0, 1.0, 0.0]}, {}, [""] * 4, [{}] * 4, [0, 1, 2, 3])
+    row = summarize(run, base)["m"]
+    assert row["delta"] == pytest.approx(2.0) and "delta_ci_low" not in row
+    assert "undefined" in markdown_table({"m": row}) and "e+" not in markdown_table({"m": row})
+    always = EvalResult({"m": [1.0, 1.0, 1.0, 1.0]}, {}, [""] * 4, [{}] * 4, [0, 1, 2, 3])
+    assert summarize(run, always)["m"]["delta_ci_low"] <= summarize(run, always)["m"]["delta"]

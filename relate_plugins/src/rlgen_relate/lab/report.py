@@ -244,8 +244,10 @@ def comparison_table(base: EvalResult, trained: EvalResult, keys: Iterable[tuple
         if b is None or t is None:
             continue
         rel = ""
-        if "delta" in t:
+        if "delta_ci_low" in t:
             rel = f"{t['delta']:+.1%} [{t['delta_ci_low']:+.1%}, {t['delta_ci_high']:+.1%}]"
+        elif "delta" in t:
+            rel = f"{t['delta']:+.1%} [undefined: base 0 in some resamples]"
         elif "ci_low" in t:
             rel = "undefined (base is 0)"
         diff = paired_difference(base, trained, key, seed=seed)

@@ -47,12 +47,32 @@ def test_only_the_tokens_past_the_limit_are_penalised(tok):
     assert res.metrics["overflow_rate"] == 0.5 and res.metrics["overflow_rate/title"] == 0.5
 
 
+def test_the_penalty_starts_with_the_word_that_crosses_the_limit(tok):
+    """With whole_words: ' Sen' + 'iors' crosses 30 characters at 'iors', a near-certain continuation; the choice
+    was ' Sen', so both carry the penalty."""
+    text = "Title: Accessible Bathroom for Seniors\nDescription: Walk-in tubs and grab bars, installed in a day."
+    words = OverflowReward(OverflowReward.Params(whole_words=True))
+    r, res = scored(words, tok, [text])
+    assert penalised_text(r, res.values, 0) == " Seniors"
+    assert res.details[0]["over"] == {"title": "Seniors"}
+    r, res = scored(OverflowReward(), tok, [text])  # the default: the tokens holding characters past the limit
+    assert penalised_text(r, res.values, 0) == "iors"
+    # a limit that falls on the space before a word blames that word, not the one before the space
+    at_space = "Title: Affordable Garage Door Repairs Today"  # character 31 is the space before "Today"
+    assert at_space[7 + 30] == " "
+    r, res = scored(words, tok, [at_space])
+    assert penalised_text(r, res.values, 0) == " Today"
+
+
 def test_a_field_continued_on_another_line_counts_the_line_break(tok):
     desc = "x" * 60
     text = f"Title: Fresh Bagels\nDescription: {desc}\n{'y' * 29}"  # 60 + 1 + 29 = 90: at the limit
     assert not OverflowReward().overflow_spans(text)
     spans = OverflowReward().overflow_spans(text + "z")
     assert {k: (text + "z")[s:e] for k, (s, e) in spans.items()} == {"description": "z"}
+    words = OverflowReward(OverflowReward.Params(whole_words=True))
+    spans = words.overflow_spans(text + "z")  # the word that crossed the limit began the line
+    assert {k: (text + "z")[s:e] for k, (s, e) in spans.items()} == {"description": "y" * 29 + "z"}
 
 
 def test_it_fires_exactly_when_format_fails_on_a_long_field(tok):
@@ -84,6 +104,8 @@ def test_a_regex_layout_maps_spans_into_the_unstripped_text(tok):
     text = "  Bagels today|Fresh."
     spans = OverflowReward(OverflowReward.Params(layout=layout)).overflow_spans(text)
     assert {k: text[s:e] for k, (s, e) in spans.items()} == {"title": "s today"}
+    spans = OverflowReward(OverflowReward.Params(layout=layout, whole_words=True)).overflow_spans(text)
+    assert {k: text[s:e] for k, (s, e) in spans.items()} == {"title": "Bagels today"}
 
 
 SHORT_LAYOUT = {"fields": [{"name": "title", "labels": ["Title"], "max_chars": 30},

@@ -8,6 +8,13 @@ well-chosen opening words as much as the clause that ran long. This reward puts 
 tokens whose characters lie past a field's limit, so token-level credit (``relate.credit``, Eq. 7) pushes down
 "one more clause" at the point where the field should have ended, and leaves the start of the ad alone.
 
+With ``whole_words: true`` the penalty starts at the beginning of the word that crosses the limit instead: in
+"Accessible Bathroom for Seniors" (31 characters) the 31st character is in the token "iors" after " Sen". Once
+" Sen" is written, "iors" has a probability near 1, and the policy gradient of a token's log-probability scales
+with one minus that probability, so a penalty there teaches little; the choice that overflowed was the word. It
+is off by default: on the RELATE preset, three seeds of 48 steps gave the same eval compliance with it as
+without (docs/demo.md, "round six").
+
 A completion cut by ``max_new_tokens`` in the middle of a long field is penalised the same way: its tail is
 past the limit. Limits come from the layout's ``max_chars`` (the same ones ``relate.format`` checks) unless
 ``max_chars`` overrides them per field.
@@ -43,6 +50,8 @@ class OverflowReward(rlgen.RewardProvider):
         max_chars: dict[str, int] = Field(
             default_factory=dict, description="per-field limit overriding the layout's max_chars, e.g. {title: 25}"
         )
+        whole_words: bool = Field(False, description="start the penalty at the beginning of the word that crosses the "
+                                  "limit (the choice that overflowed) instead of at the limit's character")
 
     def __init__(self, params: rlgen.Params | None = None) -> None:
         super().__init__(params)
@@ -61,13 +70,14 @@ class OverflowReward(rlgen.RewardProvider):
         self._parser = LayoutParser(p.layout)
 
     def overflow_spans(self, text: str) -> dict[str, tuple[int, int]]:
-        """Per field over its limit, the ``(start, end)`` character span of ``text`` past the limit.
+        """Per field over its limit, the ``(start, end)`` character span of ``text`` past the limit (from the start of
+        the word that crosses it, with ``whole_words``).
 
         The field's characters are counted as :class:`LayoutParser` counts them (its lines joined by a line
         break), so this reward fires exactly when ``relate.format``'s ``field_length`` rule fails on length."""
-        return self._overflows(self._parser.value_spans(text))
+        return self._overflows(text, self._parser.value_spans(text))
 
-    def _overflows(self, values: dict[str, list[tuple[int, int]]]) -> dict[str, tuple[int, int]]:
+    def _overflows(self, text: str, values: dict[str, list[tuple[int, int]]]) -> dict[str, tuple[int, int]]:
         out: dict[str, tuple[int, int]] = {}
         for name, segments in values.items():
             limit = self._limits.get(name)
@@ -81,7 +91,11 @@ class OverflowReward(rlgen.RewardProvider):
                         out[name] = (start, segments[-1][1])
                         break
                 if end - start > budget:
-                    out[name] = (start + budget, segments[-1][1])
+                    first = start + budget
+                    if self.params.whole_words and not text[first].isspace():
+                        while first > start and not text[first - 1].isspace():
+                            first -= 1
+                    out[name] = (first, segments[-1][1])
                     break
                 budget -= end - start
         return out
@@ -122,7 +136,7 @@ class OverflowReward(rlgen.RewardProvider):
 
     def score(self, rollout: rlgen.Rollout) -> rlgen.RewardResult:
         values = [self._parser.value_spans(text) for text in rollout.texts]  # one parse serves both checks
-        found = [self._overflows(v) for v in values]
+        found = [self._overflows(t, v) for t, v in zip(rollout.texts, values)]
         short = [self._short_ends(v) for v in values]
         hit = rollout.spans_to_tokens([list(f.values()) for f in found]) | self._ending_tokens(rollout, short)
         values = torch.where(hit, torch.tensor(-float(self.params.penalty)), torch.tensor(0.0))  # Eq. 5 style

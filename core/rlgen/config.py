@@ -86,6 +86,11 @@ class RunSection(_Section):
             raise ValueError("must be at least 1, or auto")
         return value
     cache_dir: str | None = Field(None, description="where builtin models/data are materialised (default RLGEN_CACHE_DIR or ~/.cache/rlgen)")
+    reuse_freed_memory: bool = Field(
+        True, description="keep the memory a step frees in the process for the next step (glibc malloc without mmap "
+        "blocks or trimming; no effect elsewhere): a CPU step then stops faulting in its large buffers afresh, about "
+        "7% of a step on the speed benchmark, for ~0.1 GB more peak RSS (docs/speed.md)"
+    )
     async_rollouts: Literal[0, 1] = Field(
         0, description="rollouts generated ahead of training. 0: on-policy, each rollout is sampled with the weights "
         "it trains (generation and update take turns). 1: a sampler process generates rollout k+1 with the weights "

@@ -35,6 +35,7 @@ from .interfaces import Plugin, RewardProvider
 from .resume_config import check_resume_config
 from .rollout_store import load_rollout, save_rollout
 from .rollout_worker import SamplerWorker, WorkerSpec
+from .allocator import reuse_freed_memory
 from .logs import get_logger
 from .reward import RewardResult, check_reward_result
 from .seeding import seed_everything, step_seed
@@ -318,6 +319,8 @@ class _Run:
     def run(self, resume: bool) -> RunResult:
         cfg = self.config
         torch.set_num_threads(self.context.threads)
+        if cfg.run.reuse_freed_memory:
+            reuse_freed_memory()
         seed_everything(cfg.run.seed)
         if self.context.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)

@@ -26,9 +26,10 @@ log = get_logger("rlgen.resume_config")
 #: keys (and the sections under them) a resume may change: they decide how long a run goes,
 #: where its files are and how it is observed, never what a step computes. run.threads is not
 #: one of them: the number of CPU threads changes the order of float sums, so the weights drift.
+#: run.reuse_freed_memory is: it decides where malloc finds memory, and torch aligns every tensor alike.
 HARMLESS = (
     "run.steps", "run.checkpoint_every", "run.keep_checkpoints", "run.save_final", "run.output_dir",
-    "run.cache_dir", "callbacks", "eval",
+    "run.cache_dir", "run.reuse_freed_memory", "callbacks", "eval",
 )
 CHANGES_FILE = "config_changes.json"
 _ABSENT = "(absent)"

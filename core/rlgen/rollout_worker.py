@@ -25,6 +25,7 @@ from typing import Any, Iterator
 import torch
 import torch.multiprocessing as mp
 
+from .allocator import reuse_freed_memory
 from .errors import PluginError
 from .interfaces import Prompt, RunContext, Sampler, Trainer
 from .rollout import Rollout
@@ -76,6 +77,8 @@ def _serve(conn: Any, spec: WorkerSpec) -> None:
     weights: PublishedWeights | None = None
     try:
         config = RunConfig.model_validate(spec.config)
+        if config.run.reuse_freed_memory:
+            reuse_freed_memory()
         context = RunContext(config=config, registry=discover(), output_dir=Path(spec.output_dir),
                              cache_dir=Path(spec.cache_dir), seed=spec.seed, rank=0, world_size=1, threads=spec.threads)
         sampler = spec.sampler_cls(spec.sampler_params)

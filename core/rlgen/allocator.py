@@ -6,7 +6,8 @@ glibc's malloc serves every block over 32 MB from ``mmap`` and unmaps it on ``fr
 allocation is fresh memory, and the kernel faults in and zeroes each page again on first touch. On the speed
 benchmark (SmolLM2-135M, docs/speed.md) that was about 400,000 minor page faults, some 1.6 GB of zeroed pages, per
 step. With ``mmap`` off and heap trimming off, freed blocks stay in malloc's heap and the next step reuses them:
-the process's high-water mark stays where it was (about 0.1 GB more peak RSS there), the faults go.
+the faults go, and peak RSS grows a little (0.1 GB there; 0.7 GB in ``make demo``, whose stages run in one
+process and keep what each one freed).
 
 This is what an ``LD_PRELOAD`` of jemalloc or tcmalloc buys, done with glibc's own ``mallopt`` from inside the
 process, so that it needs nothing installed and no launcher. Elsewhere (macOS, musl, Windows) it does nothing.

@@ -89,7 +89,8 @@ class RunSection(_Section):
     reuse_freed_memory: bool = Field(
         True, description="keep the memory a step frees in the process for the next step (glibc malloc without mmap "
         "blocks or trimming; no effect elsewhere): a CPU step then stops faulting in its large buffers afresh, about "
-        "7% of a step on the speed benchmark, for ~0.1 GB more peak RSS (docs/speed.md)"
+        "7% of a step on the speed benchmark, for more peak RSS (0.1 GB there; 0.7 GB in make demo, whose stages share "
+        "one process; docs/speed.md)"
     )
     async_rollouts: Literal[0, 1] = Field(
         0, description="rollouts generated ahead of training. 0: on-policy, each rollout is sampled with the weights "

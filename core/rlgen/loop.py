@@ -26,6 +26,7 @@ import tqdm
 
 from . import checkpoints, metrics_log, run_lock, session
 from .advantage import check_advantages
+from .allocator import reuse_freed_memory
 from .compute import detect_compute
 from .config import RunConfig
 from .discovery import Registry
@@ -35,7 +36,6 @@ from .interfaces import Plugin, RewardProvider
 from .resume_config import check_resume_config
 from .rollout_store import load_rollout, save_rollout
 from .rollout_worker import SamplerWorker, WorkerSpec
-from .allocator import reuse_freed_memory
 from .logs import get_logger
 from .reward import RewardResult, check_reward_result
 from .seeding import seed_everything, step_seed

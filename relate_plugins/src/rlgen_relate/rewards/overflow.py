@@ -135,9 +135,9 @@ class OverflowReward(rlgen.RewardProvider):
         return hit
 
     def score(self, rollout: rlgen.Rollout) -> rlgen.RewardResult:
-        values = [self._parser.value_spans(text) for text in rollout.texts]  # one parse serves both checks
-        found = [self._overflows(t, v) for t, v in zip(rollout.texts, values)]
-        short = [self._short_ends(v) for v in values]
+        parsed = [self._parser.value_spans(text) for text in rollout.texts]  # one parse serves both checks
+        found = [self._overflows(t, v) for t, v in zip(rollout.texts, parsed)]
+        short = [self._short_ends(v) for v in parsed]
         hit = rollout.spans_to_tokens([list(f.values()) for f in found]) | self._ending_tokens(rollout, short)
         values = torch.where(hit, torch.tensor(-float(self.params.penalty)), torch.tensor(0.0))  # Eq. 5 style
         details = [{"over": {name: text[s:e] for name, (s, e) in f.items()}, "short": sorted(sh)}

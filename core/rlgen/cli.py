@@ -96,6 +96,7 @@ def _launch_ranks(args: argparse.Namespace, config) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from .loop import check_async_rollouts, train
     from .session import prepare
+    from .validation import read_selection
 
     config = _load(args)
     # launch ranks unless this process already is one (torchrun / deepspeed set WORLD_SIZE)
@@ -106,6 +107,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return _launch_ranks(args, config)
     result = train(config, resume=args.resume, allow_config_change=args.allow_config_change)
     print(f"done: {result.last_step} steps; run folder {result.output_dir}")
+    if result.best_policy is not None:
+        chosen = read_selection(result.output_dir)
+        print(f"best validated policy: {result.best_policy} (step {chosen['step']}, {chosen['metric']} "
+              f"{chosen['value']:.4g})" if chosen else f"best validated policy: {result.best_policy}")
     return 0
 
 

@@ -109,6 +109,34 @@ class EvalSection(_Section):
     every: int = Field(0, ge=0, description="evaluate during training every K steps (0: never)")
 
 
+class ValidationSection(_Section):
+    """Held-out contexts scored during training, and the policy that scored best on them kept apart.
+
+    The same evaluation as ``rlgen eval`` (fresh reward instances, the same sampling seeds each time), on
+    contexts that must not be the ``eval`` contexts: selecting a policy on its test set would make the test
+    say nothing."""
+
+    data: str | None = Field(None, description="a .jsonl / .parquet file of held-out contexts")
+    split: str | None = Field(None, description="or: a split of a builtin dataset (not the eval split)")
+    limit: int | None = Field(64, ge=1, description="validate on the first N contexts (None: all)")
+    samples_per_context: int = Field(1, ge=1, description="completions per context")
+    batch_prompts: int = Field(8, ge=1, description="contexts per generation call")
+    every: int = Field(0, ge=0, description="validate every K steps and after the last step (0: never)")
+    keep_best: str | None = Field(
+        None, description="a metric of the evaluation (e.g. relate/compliance_rate, reward/relate.format): the policy "
+        "with its best mean so far is exported to RUN/best_policy, with the step and value in selection.json"
+    )
+    mode: Literal["max", "min"] = Field("max", description="whether a larger or a smaller keep_best value is better")
+
+    @pydantic.model_validator(mode="after")
+    def _complete(self) -> "ValidationSection":
+        if self.every and self.data is None and self.split is None:
+            raise ValueError("validation.every needs validation.data or validation.split")
+        if self.keep_best is not None and not self.every:
+            raise ValueError("validation.keep_best needs validation.every > 0")
+        return self
+
+
 class RunConfig(_Section):
     """A whole run. See docs/config.md for every key."""
 
@@ -121,6 +149,7 @@ class RunConfig(_Section):
     trainer: PluginRef = Field(default_factory=lambda: PluginRef(name="grpo"))
     callbacks: list[PluginRef] = Field(default_factory=list, description="lifecycle plugins (loggers, evaluators)")
     eval: EvalSection = Field(default_factory=EvalSection)
+    validation: ValidationSection = Field(default_factory=ValidationSection)
     run: RunSection = Field(default_factory=RunSection)
 
     #: where the config came from, for error messages (not part of the schema)

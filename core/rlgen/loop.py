@@ -7,6 +7,9 @@ folder: ``metrics.jsonl``, ``checkpoints/``, ``policy/``.
 With ``run.async_rollouts: 1`` the sampler runs in its own process (:mod:`rlgen.rollout_worker`)
 one rollout ahead: while the trainer updates on rollout k, the worker samples rollout k+1 with
 the weights of step k-1, and a checkpoint carries that rollout (:mod:`rlgen.rollout_store`).
+
+With ``validation.every`` the loop scores held-out contexts every few steps and, with
+``validation.keep_best``, exports the best-scoring policy to ``best_policy/`` (:mod:`rlgen.validation`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from .rollout_worker import SamplerWorker, WorkerSpec
 from .logs import get_logger
 from .reward import RewardResult, check_reward_result
 from .seeding import seed_everything, step_seed
+from .validation import BEST_POLICY, PREFIX, BestSoFar, check_held_out, validation_config, write_selection
 
 log = get_logger("rlgen.loop")
 
@@ -51,6 +55,8 @@ class RunResult:
     output_dir: Path
     last_step: int
     metrics: list[dict[str, float]] = field(default_factory=list)
+    #: ``best_policy/`` when ``validation.keep_best`` selected one, else None
+    best_policy: Path | None = None
 
 
 def distributed_env() -> tuple[int, int]:
@@ -111,6 +117,8 @@ class _Run:
         self.worker: SamplerWorker | None = None
         self._weights_step: dict[int, int] = {}
         self._published: int | None = None
+        self.best = BestSoFar.from_config(config)
+        check_held_out(config, self.registry, self.source)
 
     # -- plugin state ---------------------------------------------------------------------
 
@@ -316,6 +324,43 @@ class _Run:
                                  registry=self.registry, output_dir=self.output_dir, progress=False)
         return {f"eval/{k}": v["mean"] for k, v in result.summary.items()}
 
+    def validate(self, step: int) -> dict[str, float]:
+        """Score the live policy on the validation contexts (fresh reward instances, as ``rlgen eval``); with
+        ``validation.keep_best``, export it to ``best_policy/`` when it beats every earlier validation."""
+        if self.worker is not None:  # this process's sampler is used for evaluation only
+            with self.blame("sampler", self.sampler.name, "sync_weights", step):
+                self.sampler.sync_weights(self.trainer)
+        result = evaluate_policy(validation_config(self.config), sampler=self.sampler, registry=self.registry,
+                                 output_dir=self.output_dir, progress=False)
+        if self.best is not None:
+            value = self.best.read(result.summary, self.config.origin)
+            # rank 0 decides, so that every rank joins the collective export or none does
+            if checkpoints.agree_across_ranks(int(self.best.improves(value))):
+                self.best.record(step, value)
+                self.export_best()
+        return {PREFIX + k: v["mean"] for k, v in result.summary.items()}
+
+    def export_best(self) -> None:
+        """The trainer's export of the policy, with its ``selection.json``, swapped in for ``best_policy/``."""
+        assert self.best is not None
+        final = self.output_dir / BEST_POLICY
+        staging, old = final.with_name(BEST_POLICY + ".tmp"), final.with_name(BEST_POLICY + ".old")
+        if self.context.is_main:
+            for leftover in (staging, old):
+                if leftover.exists():
+                    shutil.rmtree(leftover)
+        _barrier()
+        self.trainer.export_policy(staging)
+        if self.context.is_main:
+            write_selection(staging, self.best)
+            if final.exists():
+                final.rename(old)
+            staging.rename(final)
+            if old.exists():
+                shutil.rmtree(old)
+        _barrier()
+        log.info("best policy so far", step=self.best.step, metric=self.best.metric, value=round(self.best.value, 6))
+
     def run(self, resume: bool) -> RunResult:
         cfg = self.config
         torch.set_num_threads(self.context.threads)
@@ -370,6 +415,9 @@ class _Run:
             # resuming keeps the lines up to the checkpoint; a torn last line (power loss) is trimmed
             kept = metrics_log.read_until(metrics_path, start, warn=log.warning) if resume else []
             metrics_log.rewrite(metrics_path, kept)
+            if self.best is not None:
+                # a resumed run replays its steps exactly, so the validations after the checkpoint select again
+                self.best.replay(json.loads(line) for line in kept)
         bar = tqdm.tqdm(total=cfg.run.steps, initial=start, desc="train", unit="step",
                         disable=not (self.progress and self.context.is_main), dynamic_ncols=True)
         metrics: dict[str, float] = {}
@@ -380,6 +428,8 @@ class _Run:
                 metrics = {"step": step, **metrics}
                 if cfg.eval.every and step % cfg.eval.every == 0:
                     metrics.update(self.evaluate(step))
+                if cfg.validation.every and (step % cfg.validation.every == 0 or step == cfg.run.steps):
+                    metrics.update(self.validate(step))
                 history.append(metrics)
                 if self.context.is_main:
                     with metrics_path.open("a") as fh:
@@ -411,7 +461,8 @@ class _Run:
             for plugin in [*self.callbacks, *self.rewards.values(), *eval_rewards, self.advantage, self.sampler,
                            self.trainer]:
                 plugin.close()
-        return RunResult(self.output_dir, step, history)
+        best = self.output_dir / BEST_POLICY
+        return RunResult(self.output_dir, step, history, best_policy=best if best.is_dir() and self.best else None)
 
 
 def train(

@@ -29,7 +29,7 @@ log = get_logger("rlgen.resume_config")
 #: run.reuse_freed_memory is: it decides where malloc finds memory, and torch aligns every tensor alike.
 HARMLESS = (
     "run.steps", "run.checkpoint_every", "run.keep_checkpoints", "run.save_final", "run.output_dir",
-    "run.cache_dir", "run.reuse_freed_memory", "callbacks", "eval",
+    "run.cache_dir", "run.reuse_freed_memory", "callbacks", "eval", "validation",
 )
 CHANGES_FILE = "config_changes.json"
 _ABSENT = "(absent)"

@@ -93,7 +93,7 @@ def rlgen_builtin_dataset(name: str, split: str, cache_dir: Path) -> "BuiltinDat
 def rlgen_eval_metrics(
     texts: list[str], meta: list[dict[str, Any]], group: list[int], rewards: dict[str, list[float]], config: "RunConfig"
 ) -> "dict[str, list[float] | float] | None":
-    """Add evaluation metrics for a set of generated completions (``rlgen eval`` and ``run.eval_every``).
+    """Add evaluation metrics for a set of generated completions (``rlgen eval``, ``eval.every`` and ``validation.every``).
 
     Called once for the whole evaluation set, so set-level measures (diversity, self-BLEU) see
     every completion.

@@ -53,6 +53,11 @@ def check_held_out(config: RunConfig, registry: Registry, training: PromptSource
     val = config.validation
     if not val.every:
         return
+    if val.data is None and not config.data.path.startswith("builtin:"):
+        raise ConfigError(
+            f"{config.origin}: validation.split '{val.split}' names a split of a builtin dataset, but data.path "
+            f"{config.data.path} is a file; set validation.data to a file of held-out contexts"
+        )
     where = f"validation.{'data' if val.data else 'split'} ({val.data or val.split})"
     held = _prompts(session.eval_contexts(validation_config(config), registry))
     if val.keep_best is not None:

@@ -105,6 +105,13 @@ def test_validation_needs_contexts_and_keep_best_needs_validation(tmp_path):
         load_config(raw)
 
 
+def test_a_split_needs_a_builtin_dataset(tmp_path):
+    raw = raw_config(tmp_path, "run")
+    raw["validation"] = {"split": "validation", "every": 2}
+    with pytest.raises(ConfigError, match="validation.split 'validation' names a split of a builtin dataset"):
+        train(load_config(raw), progress=False)
+
+
 def test_selecting_on_the_eval_contexts_is_refused_before_training(tmp_path):
     raw = raw_config(tmp_path, "run")
     raw["validation"]["data"] = raw["eval"]["data"]

@@ -22,7 +22,7 @@ def test_table2_preset_validates(name, tmp_path):
     on, credit = TABLE_2[name]
     assert rewards == set(on)
     assert plan.advantage.name == "relate.credit" and plan.trainer.name == "relate.grpo"
-    assert raw["group_size"] == 5
+    assert raw["group_size"] == 8
     # Models 1-4 are sentence-level throughout: their token-level rewards are demoted (Eq. 4); RELATE keeps them
     assert set(plan.advantage.params.demote) == (set() if credit else rewards & set(TOKEN_LEVEL))
     assert len(source.records) > 1000

@@ -3,7 +3,7 @@
 What a team does first with rlgen: (a) write the bundled search-ad contexts, (b) let the simulator serve a
 diverse pool of candidate ads and log impressions, (c) train the CTCVR reward model on those logs, (d) evaluate
 the base policy on held-out contexts, (e) train it with the RELATE preset (all seven rewards, ``relate.credit``,
-``relate.grpo``, G = 5), (f) evaluate the trained policy against the base, and (g) write plots, sample ads and a
+``relate.grpo``, G = 8), (f) evaluate the trained policy against the base, and (g) write plots, sample ads and a
 report. Every stage calls the same code as its own command (``rlgen-relate ctcvr train``, ``rlgen train``,
 ``rlgen eval``), in-process; the stages' sizes are a :class:`Schedule` (``FULL``, ``QUICK`` and ``GPU`` are shipped).
 
@@ -67,13 +67,13 @@ FULL = Schedule(
     log_contexts=300,
     impressions_per_context=2000,
     ctcvr_epochs=30,
-    # 48 steps of 4 prompts x G = 5: the time the speed-ups saved spent on steps and samples (14 steps of 2 prompts
-    # took 9 of the demo's 17 minutes before them; a step of the preset now takes about 15 s on 2 idle cores)
+    # 48 steps of 3 prompts x G = 8: the time the speed-ups saved spent on steps and samples (14 steps of 2 prompts
+    # x 5 took 9 of the demo's 17 minutes before them; a step of the preset now takes about 16 s on 2 idle cores)
     steps=48,
     eval_contexts=128,  # of 139: at 64 the compliance and format CIs nearly touched zero
     samples_per_context=1,
     expected="about 16 minutes on 2 idle CPU cores: logs and CTCVR model 1-2 min, base eval 1-2 min, "
-             "48 RELATE steps of about 15 s, trained eval 1 min",
+             "48 RELATE steps of about 16 s, trained eval 1 min",
 )
 
 # --quick: the same pipeline on the tiny random Llama, to see every stage and file in a few minutes. A random
@@ -103,7 +103,7 @@ GPU = Schedule(
     steps=160,
     eval_contexts=128,
     samples_per_context=1,
-    overrides=("model.dtype=auto", "data.prompts_per_step=8", "trainer.params.beta=0.04",
+    overrides=("model.dtype=auto", "data.prompts_per_step=8", "group_size=5", "trainer.params.beta=0.04",
                "trainer.params.micro_batch_size=40"),
     expected="not measured on a GPU yet (docs/gpu.md); sized for about 5 minutes on an H100",
 )

@@ -310,12 +310,16 @@ class _Run:
             metrics.update(async_metrics)
         return metrics, rollout, rewards, adv
 
+    def sync_eval_sampler(self, step: int) -> None:
+        """With a sampler process, this process's sampler only evaluates: give it the trainer's weights first."""
+        if self.worker is not None:
+            with self.blame("sampler", self.sampler.name, "sync_weights", step):
+                self.sampler.sync_weights(self.trainer)
+
     def evaluate(self, step: int) -> dict[str, float]:
         """Held-out metrics with the live policy; rewards are fresh instances (set up once, kept for
         the run) so that stateful ones (rolling windows) do not learn from eval completions."""
-        if self.worker is not None:  # this process's sampler is used for evaluation only
-            with self.blame("sampler", self.sampler.name, "sync_weights", step):
-                self.sampler.sync_weights(self.trainer)
+        self.sync_eval_sampler(step)
         if self._eval_rewards is None:
             self._eval_rewards = session.build_rewards(self.plan)
             for r in self._eval_rewards.values():
@@ -327,9 +331,7 @@ class _Run:
     def validate(self, step: int) -> dict[str, float]:
         """Score the live policy on the validation contexts (fresh reward instances, as ``rlgen eval``); with
         ``validation.keep_best``, export it to ``best_policy/`` when it beats every earlier validation."""
-        if self.worker is not None:  # this process's sampler is used for evaluation only
-            with self.blame("sampler", self.sampler.name, "sync_weights", step):
-                self.sampler.sync_weights(self.trainer)
+        self.sync_eval_sampler(step)
         result = evaluate_policy(validation_config(self.config), sampler=self.sampler, registry=self.registry,
                                  output_dir=self.output_dir, progress=False)
         if self.best is not None:

@@ -137,6 +137,31 @@ class ValidationSection(_Section):
         return self
 
 
+class WarmStartSection(_Section):
+    """Supervised fine-tuning on the policy's own accepted samples before RL (rejection sampling fine-tuning).
+
+    The paper's RL starts from a cold-start initialisation, not from a general model. This section builds one
+    from the run's own parts: the sampler draws ``samples_per_prompt`` completions for ``prompts`` training
+    contexts, the run's rewards score them, and the best accepted completions of each context become the
+    fine-tuning data (RAFT, Dong et al. 2023; Llama 2's rejection sampling). RL then starts from, and keeps its
+    KL term to, the fine-tuned policy (``RUN/warm_start/policy``). See docs/warm-start.md."""
+
+    prompts: int = Field(0, ge=0, description="training contexts to sample on (0: no warm start)")
+    samples_per_prompt: int = Field(8, ge=1, description="completions drawn per context")
+    batch_prompts: int = Field(8, ge=1, description="contexts per generation call")
+    accept: dict[str, float] = Field(
+        default_factory=dict, description="reward key -> the least sentence-level score a completion needs to be "
+        "kept (every listed reward must hold); empty: every completion qualifies"
+    )
+    keep_per_prompt: int = Field(1, ge=1, description="accepted completions kept per context, best weighted reward first")
+    epochs: int = Field(2, ge=1, description="passes over the kept completions")
+    batch_size: int = Field(24, ge=1, description="kept completions per optimizer update")
+    trainer_params: dict[str, Any] = Field(
+        default_factory=dict, description="merged over trainer.params for the warm start only (e.g. the learning "
+        "rate, or beta 0: the KL to the base would hold back exactly what this stage is for)"
+    )
+
+
 class RunConfig(_Section):
     """A whole run. See docs/config.md for every key."""
 
@@ -150,6 +175,7 @@ class RunConfig(_Section):
     callbacks: list[PluginRef] = Field(default_factory=list, description="lifecycle plugins (loggers, evaluators)")
     eval: EvalSection = Field(default_factory=EvalSection)
     validation: ValidationSection = Field(default_factory=ValidationSection)
+    warm_start: WarmStartSection = Field(default_factory=WarmStartSection)
     run: RunSection = Field(default_factory=RunSection)
 
     #: where the config came from, for error messages (not part of the schema)
@@ -258,6 +284,8 @@ class RunPlan:
     advantage: PlannedPlugin
     trainer: PlannedPlugin
     callbacks: list[PlannedPlugin]
+    #: the trainer with ``warm_start.trainer_params`` merged over its params (None: no warm start)
+    warm_start_trainer: PlannedPlugin | None = None
 
 
 def validate_params(cls: type[Plugin], raw: dict[str, Any], *, origin: str, key: str, name: str) -> pydantic.BaseModel:
@@ -294,6 +322,18 @@ def plan_run(config: RunConfig, registry: Registry) -> RunPlan:
     dupes = sorted({k for k in keys if keys.count(k) > 1})
     if dupes:
         raise ConfigError(f"{origin}: reward '{dupes[0]}' is listed twice; give one of them an 'alias'")
+    warm = config.warm_start
+    warm_trainer = None
+    if warm.prompts:
+        unknown = sorted(set(warm.accept) - set(keys))
+        if unknown:
+            raise ConfigError(f"{origin}: key 'warm_start.accept.{unknown[0]}' names no configured reward "
+                              f"(rewards: {', '.join(keys)})")
+        merged = PluginRef(name=config.trainer.name, params={**config.trainer.params, **warm.trainer_params})
+        try:
+            warm_trainer = plan("trainer", merged, "trainer")
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (with warm_start.trainer_params merged over it)") from None
     return RunPlan(
         config=config,
         sampler=plan("sampler", config.sampler, "sampler"),
@@ -301,6 +341,7 @@ def plan_run(config: RunConfig, registry: Registry) -> RunPlan:
         advantage=plan("advantage", config.advantage, "advantage"),
         trainer=plan("trainer", config.trainer, "trainer"),
         callbacks=[plan("callback", c, f"callbacks.{i}") for i, c in enumerate(config.callbacks)],
+        warm_start_trainer=warm_trainer,
     )
 
 

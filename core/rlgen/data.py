@@ -154,6 +154,10 @@ class PromptSource:
             random.Random(self.seed * 100_003 + epoch).shuffle(order)
         return order
 
+    def shuffled_records(self, epoch: int = 0) -> list[dict[str, Any]]:
+        """Every record, in the order training visits them in ``epoch``."""
+        return [self.records[i] for i in self._order(epoch)]
+
     def prompt(self, record: dict[str, Any]) -> Prompt:
         messages = []
         if self.system_prompt:

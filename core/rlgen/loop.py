@@ -27,7 +27,7 @@ from typing import Any, Iterator
 import torch
 import tqdm
 
-from . import checkpoints, metrics_log, run_lock, session
+from . import checkpoints, metrics_log, run_lock, session, warm_start
 from .advantage import check_advantages
 from .allocator import reuse_freed_memory
 from .compute import detect_compute
@@ -93,9 +93,11 @@ def _barrier() -> None:
 class _Run:
     """State of one training run; `train` below is the public entry point."""
 
-    def __init__(self, prepared: session.PreparedRun, progress: bool):
+    def __init__(self, prepared: session.PreparedRun, progress: bool, saved_config: RunConfig | None = None):
         config, plan = prepared.config, prepared.plan
         self.config = config
+        # what config.yaml records: the user's config (model.path the base even when a warm start replaced it)
+        self.saved_config = saved_config or config
         self.plan = plan
         self.source = prepared.source
         self.registry = prepared.registry
@@ -372,7 +374,7 @@ class _Run:
         if self.context.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "config.yaml").write_text(
-                __import__("yaml").safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+                __import__("yaml").safe_dump(self.saved_config.model_dump(mode="json"), sort_keys=False)
             )
         compute = detect_compute(cfg.model.dtype)
         # one line that says where this run computes: what `auto` resolved to here, and the CPU threads
@@ -489,4 +491,27 @@ def train(
             )
         if resume and rank == 0:
             check_resume_config(config, out, allow_change=allow_config_change, step=latest[0] if latest else None)
-        return _Run(prepared, progress).run(resume)
+        if config.warm_start.prompts:
+            prepared = _after_warm_start(prepared, resumed_from_checkpoint=resume and latest is not None,
+                                         progress=progress)
+        return _Run(prepared, progress, saved_config=config).run(resume)
+
+
+def _after_warm_start(prepared: session.PreparedRun, *, resumed_from_checkpoint: bool,
+                      progress: bool) -> session.PreparedRun:
+    """Run (or reuse) the warm start; the run then trains from its policy (``model.path``)."""
+    config = prepared.config
+    _, world_size = distributed_env()
+    if world_size > 1:
+        raise ConfigError(f"{config.origin}: warm_start runs in one process; run it with one rank first "
+                          "(the same config and run.output_dir), then launch the ranks with --resume")
+    if resumed_from_checkpoint:
+        policy = warm_start.finished(config)
+        if policy is None:
+            raise ConfigError(f"{config.origin}: the run has checkpoints but no warm-start policy made with these "
+                              f"settings in {warm_start.policy_dir(Path(config.run.output_dir)).parent}")
+    else:
+        policy = warm_start.run_warm_start(prepared, progress)
+    started = config.model_copy(update={"model": config.model.model_copy(update={"path": str(policy)})})
+    started._origin = config.origin
+    return session.prepare(started, prepared.registry)

@@ -134,6 +134,78 @@ class Rollout:
         overlap = (starts[owner] < flat[:, 1:]) & (flat[:, :1] < ends[owner]) & nonempty[owner]
         return torch.zeros(b, t, dtype=torch.int32).index_add_(0, owner, overlap.int()) > 0
 
+    def select(self, rows: Sequence[int]) -> "Rollout":
+        """The samples at ``rows``, in that order, with their groups renumbered 0.. by first appearance.
+
+        Every per-sample field is kept; ``logprobs`` too, so a selection of a fresh rollout is still
+        on-policy. ``extras`` are per-batch and not carried over."""
+        index = torch.as_tensor(list(rows), dtype=torch.long)
+        firsts: dict[int, int] = {}
+        group = torch.tensor([firsts.setdefault(int(g), len(firsts)) for g in self.group[index]], dtype=torch.long)
+
+        def take(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[index]
+
+        return Rollout(
+            texts=[self.texts[i] for i in index.tolist()], completion_ids=self.completion_ids[index],
+            completion_mask=self.completion_mask[index], group=group, prompt_ids=take(self.prompt_ids),
+            prompt_mask=take(self.prompt_mask),
+            prompt_texts=None if self.prompt_texts is None else [self.prompt_texts[i] for i in index.tolist()],
+            meta=None if self.meta is None else [self.meta[i] for i in index.tolist()],
+            token_offsets=take(self.token_offsets), logprobs=take(self.logprobs), temperature=self.temperature,
+            staleness=self.staleness,
+        )
+
+    @classmethod
+    def concat(cls, parts: Sequence["Rollout"]) -> "Rollout":
+        """One rollout of the samples of ``parts``, in order, each part's groups kept apart.
+
+        Completions are re-padded on the right and prompts on the left (with id 0 under a False
+        mask, which no consumer reads). An optional field is kept only when every part has it, and
+        all parts must share one temperature and staleness."""
+        if not parts:
+            raise ValueError("Rollout.concat needs at least one rollout")
+        temps = {p.temperature for p in parts}
+        stale = {p.staleness for p in parts}
+        if len(temps) > 1 or len(stale) > 1:
+            raise ValueError(f"Rollout.concat: parts differ in temperature {sorted(temps)} or staleness {sorted(stale)}")
+        width = max(p.num_tokens for p in parts)
+
+        def right(ts: list[torch.Tensor], fill: Any) -> torch.Tensor:
+            return torch.cat([torch.nn.functional.pad(t, (0, 0) * (t.dim() - 2) + (0, width - t.shape[1]), value=fill)
+                              for t in ts])
+
+        def optional(name: str) -> list[Any] | None:
+            values = [getattr(p, name) for p in parts]
+            return None if any(v is None for v in values) else values
+
+        prompt_ids, prompt_mask = optional("prompt_ids"), optional("prompt_mask")
+        if prompt_ids is not None and prompt_mask is not None:
+            p_width = max(t.shape[1] for t in prompt_ids)
+            prompt_ids = torch.cat([torch.nn.functional.pad(t, (p_width - t.shape[1], 0), value=0) for t in prompt_ids])
+            prompt_mask = torch.cat([torch.nn.functional.pad(t, (p_width - t.shape[1], 0), value=False)
+                                     for t in prompt_mask])
+        else:
+            prompt_ids = prompt_mask = None
+        offsets, logprobs = optional("token_offsets"), optional("logprobs")
+        groups, base = [], 0
+        for p in parts:
+            groups.append(p.group + base)
+            base += int(p.group.max()) + 1 if p.batch_size else 0
+        texts_of = optional("prompt_texts")
+        meta_of = optional("meta")
+        return cls(
+            texts=[t for p in parts for t in p.texts],
+            completion_ids=right([p.completion_ids for p in parts], 0),
+            completion_mask=right([p.completion_mask for p in parts], False),
+            group=torch.cat(groups), prompt_ids=prompt_ids, prompt_mask=prompt_mask,
+            prompt_texts=None if texts_of is None else [t for ts in texts_of for t in ts],
+            meta=None if meta_of is None else [m for ms in meta_of for m in ms],
+            token_offsets=None if offsets is None else right(offsets, 0),
+            logprobs=None if logprobs is None else right(logprobs, 0.0),
+            temperature=parts[0].temperature, staleness=parts[0].staleness,
+        )
+
     @classmethod
     def from_texts(
         cls,

@@ -124,3 +124,48 @@ def test_advantage_check_rejects_padding_credit():
         check_advantages(torch.ones(2, 3), plugin="c", rollout=r)
     ok = rlgen.broadcast_to_tokens(torch.tensor([1.0, -1.0]), r.completion_mask)
     assert check_advantages(ok, plugin="c", rollout=r).tolist() == [[1.0, 1.0, 1.0], [-1.0, 0.0, 0.0]]
+
+
+def _with_prompts(texts, group, prompt_width, prompt_tokens):
+    """A rollout with left-padded prompts of ``prompt_tokens`` real tokens each and sampler logprobs."""
+    r = rlgen.Rollout.from_texts(CharTokenizer(), texts, group=group)
+    b = len(texts)
+    mask = torch.zeros(b, prompt_width, dtype=torch.bool)
+    for i, n in enumerate(prompt_tokens):
+        mask[i, prompt_width - n:] = True
+    r.prompt_ids = torch.where(mask, torch.arange(1, prompt_width + 1).expand(b, -1), torch.zeros(b, prompt_width,
+                                                                                                    dtype=torch.long))
+    r.prompt_mask = mask
+    r.prompt_texts = [f"p{g}" for g in group]
+    r.meta = [{"i": i} for i in range(b)]
+    r.logprobs = torch.where(r.completion_mask, -0.5, 0.0)
+    r.temperature = 0.7
+    return r
+
+
+def test_select_keeps_rows_in_order_and_renumbers_groups():
+    r = _with_prompts(["aa", "bbb", "c", "dddd"], [0, 0, 1, 2], 3, [3, 3, 2, 1])
+    s = r.select([3, 1, 0])
+    assert s.texts == ["dddd", "bbb", "aa"]
+    assert s.group.tolist() == [0, 1, 1]  # groups 2, 0, 0 by first appearance
+    assert s.completion_ids.equal(r.completion_ids[[3, 1, 0]])
+    assert s.prompt_mask.equal(r.prompt_mask[[3, 1, 0]]) and s.meta == [{"i": 3}, {"i": 1}, {"i": 0}]
+    assert s.logprobs.equal(r.logprobs[[3, 1, 0]]) and s.temperature == 0.7
+
+
+def test_concat_repads_completions_right_and_prompts_left():
+    a = _with_prompts(["ab", "c"], [0, 1], 2, [2, 1])
+    b = _with_prompts(["dcbad"], [0], 4, [3])
+    c = rlgen.Rollout.concat([a, b])
+    assert c.texts == ["ab", "c", "dcbad"] and c.group.tolist() == [0, 1, 2]
+    assert c.completion_ids.shape == (3, 5) and c.prompt_ids.shape == (3, 4)
+    assert c.completion_mask.sum(1).tolist() == [2, 1, 5]
+    # a's completions keep their tokens at the left, its prompts theirs at the right
+    assert c.completion_ids[0, :2].equal(a.completion_ids[0, :2]) and not c.completion_mask[0, 2:].any()
+    assert c.prompt_ids[0, 2:].equal(a.prompt_ids[0]) and not c.prompt_mask[0, :2].any()
+    assert c.prompt_mask[2].equal(b.prompt_mask[0])
+    assert c.token_offsets.shape == (3, 5, 2) and c.logprobs.shape == (3, 5)
+    assert c.meta == [{"i": 0}, {"i": 1}, {"i": 0}] and c.prompt_texts == ["p0", "p1", "p0"]
+    with pytest.raises(ValueError, match="temperature"):
+        b.temperature = 1.0
+        rlgen.Rollout.concat([a, b])

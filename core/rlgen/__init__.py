@@ -41,6 +41,7 @@ from .logs import configure_logging, get_logger
 from .loop import RunResult, train
 from .reward import Granularity, RewardResult
 from .rollout import Rollout, token_char_offsets
+from .warm_start import WarmStartError, make_warm_start
 
 __version__ = "0.1.0"
 
@@ -73,6 +74,7 @@ __all__ = [
     "RunResult",
     "Sampler",
     "Trainer",
+    "WarmStartError",
     "apply_override",
     "broadcast_to_tokens",
     "choose_compute",
@@ -88,6 +90,7 @@ __all__ = [
     "load_config",
     "load_evaluation",
     "load_tensors",
+    "make_warm_start",
     "paired_difference",
     "read_records",
     "registry",

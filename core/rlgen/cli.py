@@ -96,6 +96,7 @@ def _launch_ranks(args: argparse.Namespace, config) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from .loop import check_async_rollouts, train
     from .session import prepare
+    from .warm_start import make_warm_start
     from .validation import read_selection
 
     config = _load(args)
@@ -104,6 +105,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         # fail here, once, before N processes start
         check_async_rollouts(config, args.nproc)
         prepare(config)
+        if config.warm_start.prompts and not args.resume:
+            # one process makes it; every rank then loads its policy
+            make_warm_start(config)
         return _launch_ranks(args, config)
     result = train(config, resume=args.resume, allow_config_change=args.allow_config_change)
     print(f"done: {result.last_step} steps; run folder {result.output_dir}")
@@ -111,6 +115,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         chosen = read_selection(result.output_dir)
         print(f"best validated policy: {result.best_policy} (step {chosen['step']}, {chosen['metric']} "
               f"{chosen['value']:.4g})" if chosen else f"best validated policy: {result.best_policy}")
+    return 0
+
+
+def _cmd_warm_start(args: argparse.Namespace) -> int:
+    from .warm_start import make_warm_start
+
+    config = _load(args)
+    policy = make_warm_start(config)
+    print(f"warm start: {policy} (summary: {policy.parent / 'summary.json'}); `rlgen train` on this config starts from it")
     return 0
 
 
@@ -229,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     # the deepspeed launcher passes --local_rank; the rank is read from the environment instead
     p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("warm-start", help="only the config's warm_start: fine-tune on the policy's own accepted "
+                       "samples into RUN/warm_start/ (train runs it first by itself; docs/warm-start.md)")
+    with_config(p)
+    p.set_defaults(func=_cmd_warm_start)
 
     p = sub.add_parser("bench", help="train a config for a few steps and print the median step time, its split, tokens/s, peak RSS")
     with_config(p)

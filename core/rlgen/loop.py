@@ -502,16 +502,17 @@ def _after_warm_start(prepared: session.PreparedRun, *, resumed_from_checkpoint:
     """Run (or reuse) the warm start; the run then trains from its policy (``model.path``)."""
     config = prepared.config
     _, world_size = distributed_env()
-    if world_size > 1:
-        raise ConfigError(f"{config.origin}: warm_start runs in one process; run it with one rank first "
-                          "(the same config and run.output_dir), then launch the ranks with --resume")
-    if resumed_from_checkpoint:
-        policy = warm_start.finished(config)
-        if policy is None:
+    policy = warm_start.finished(config)
+    if policy is None:
+        if resumed_from_checkpoint:
             raise ConfigError(f"{config.origin}: the run has checkpoints but no warm-start policy made with these "
                               f"settings in {warm_start.policy_dir(Path(config.run.output_dir)).parent}")
-    else:
+        if world_size > 1:
+            raise ConfigError(f"{config.origin}: warm_start runs in one process: run `rlgen warm-start` on this config "
+                              "first (`rlgen train --nproc N` does so before it starts the ranks)")
         policy = warm_start.run_warm_start(prepared, progress)
+    else:
+        log.info("warm start: reusing the stored policy", folder=str(policy))
     started = config.model_copy(update={"model": config.model.model_copy(update={"path": str(policy)})})
     started._origin = config.origin
     return session.prepare(started, prepared.registry)

@@ -34,8 +34,9 @@ from typing import Any
 import torch
 import tqdm
 
-from . import session
+from . import run_lock, session
 from .config import RunConfig
+from .discovery import Registry
 from .errors import RlgenError
 from .logs import get_logger
 from .reward import check_reward_result
@@ -180,6 +181,7 @@ def fine_tune(prepared: session.PreparedRun, kept: Rollout, folder: Path, progre
                 row = {"update": update, "epoch": epoch, **{f"trainer/{k}": float(v) for k, v in metrics.items()}}
                 history.append(row)
                 fh.write(json.dumps(row) + "\n")
+                fh.flush()  # a long fine-tune can be watched
                 bar.update(1)
                 bar.set_postfix(entropy=f"{metrics.get('entropy', float('nan')):.3f}", refresh=False)
         staging = folder / (POLICY + ".partial")
@@ -229,3 +231,13 @@ def run_warm_start(prepared: session.PreparedRun, progress: bool = True) -> Path
     (folder / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
     log.info("warm start: done", **{k: v for k, v in summary.items() if k != "fingerprint"})
     return folder / POLICY
+
+
+def make_warm_start(config: RunConfig, *, registry: Registry | None = None, progress: bool = True) -> Path:
+    """The warm start of ``config`` alone, RL not started: made (or reused) in ``RUN/warm_start/`` under the run
+    folder's lock; returns its policy folder. ``rlgen warm-start`` and a multi-rank launch call this first."""
+    if not config.warm_start.prompts:
+        raise RlgenError(f"{config.origin}: warm_start.prompts is 0: the config has no warm start")
+    prepared = session.prepare(config, registry)
+    with run_lock.hold(Path(config.run.output_dir)):
+        return run_warm_start(prepared, progress)

@@ -105,3 +105,24 @@ def test_a_gate_nothing_passes_stops_with_a_clear_error(tmp_path, tiny_llama):
 def test_an_accept_key_that_names_no_reward_is_a_config_error(tmp_path):
     with pytest.raises(rlgen.ConfigError, match="warm_start.accept.relevance"):
         rlgen.config.plan_run(config(tmp_path, "run", accept={"relevance": 0.5}), registry())
+
+
+def test_rlgen_warm_start_makes_the_stage_alone_and_ranks_refuse_to_make_it(tmp_path, tiny_llama, monkeypatch):
+    import yaml
+
+    from rlgen.cli import main
+
+    raw = config(tmp_path, "run").model_dump(mode="json")
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    # a rank of a multi-rank run does not make the warm start itself
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(rlgen.ConfigError, match="rlgen warm-start"):
+        train(load_config(path), progress=False)
+    monkeypatch.delenv("WORLD_SIZE")
+    assert main(["warm-start", str(path)]) == 0
+    run = tmp_path / "run"
+    assert (run / "warm_start" / "policy" / "model.safetensors").is_file() and not (run / "metrics.jsonl").exists()
+    stamp = (run / "warm_start" / "kept.jsonl").stat().st_mtime_ns
+    train(load_config(path), progress=False)
+    assert (run / "warm_start" / "kept.jsonl").stat().st_mtime_ns == stamp and (run / "policy").is_dir()

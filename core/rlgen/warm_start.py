@@ -173,7 +173,10 @@ def fine_tune(prepared: session.PreparedRun, kept: Rollout, folder: Path, progre
             tqdm.tqdm(total=updates, unit="update", desc="warm start: fine-tune", disable=not progress) as bar:
         update = 0
         for epoch in range(1, warm.epochs + 1):
-            order = torch.randperm(kept.batch_size, generator=generator)
+            # contexts in a fresh order, each context's completions side by side: a trainer that shares a prompt
+            # across the rows of a micro-batch (grpo's share_prompt) then computes each prompt once
+            contexts = torch.randperm(int(kept.group.max()) + 1, generator=generator)
+            order = torch.cat([(kept.group == g).nonzero().flatten() for g in contexts.tolist()])
             for start in range(0, kept.batch_size, warm.batch_size):
                 batch = kept.select(order[start : start + warm.batch_size].tolist())
                 metrics = trainer.step(batch, batch.completion_mask.float())  # A = 1 on every kept token

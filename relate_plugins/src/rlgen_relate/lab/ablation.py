@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from rlgen import ConfigError, EvalResult
+from rlgen import ConfigError, EvalResult, load_config, make_warm_start
 
 from . import report as rep
 from .seed_stats import Interval, interval, paired_interval
@@ -58,7 +58,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("semantic", "Semantic quality"),
 ]
 LABELS = {"model1": "Model 1", "model2": "Model 2", "model3": "Model 3", "model4": "Model 4", "relate": "RELATE",
-          "base": "base policy"}
+          "base": "base policy", "warm_start": "warm start (every model's start)"}
 STRUCTURAL = ("reward/relate.length", "reward/relate.format")
 SEMANTIC = ("reward/relate.correctness", "reward/relate.relevance", "reward/relate.risk")
 #: beside the Table 3 columns in the RELATE vs Model 4 comparison: where token-level credit acts, and Eq. 11
@@ -332,6 +332,22 @@ def _train_and_evaluate(job: _Job, progress: bool = False) -> tuple[dict[str, fl
     return table3_row(result.summary), table3_contexts(result), rep.read_metrics(Path(run["output_dir"]) / "metrics.jsonl")
 
 
+def _warm_start(job: tuple[dict[str, Any], dict[str, Any], Path, Path],
+                progress: bool = False) -> tuple[str, dict[str, float], dict[str, torch.Tensor]]:
+    """One training seed's warm start (the RELATE config's ``warm_start``) and its evaluation: its policy folder,
+    Table 3 row and per-context columns. ``job``: the warm start's config, the eval config, eval folder, baseline."""
+    raw, eval_raw, eval_dir, baseline = job
+    policy = make_warm_start(load_config(raw), progress=progress)
+    result = evaluate_policy(eval_raw, str(policy), eval_dir, baseline=baseline, progress=progress)
+    return str(policy), table3_row(result.summary), table3_contexts(result)
+
+
+def from_warm_start(raw: dict[str, Any], policy: str) -> dict[str, Any]:
+    """``raw`` trained from a finished warm-start policy, with no warm start of its own."""
+    started = {k: v for k, v in raw.items() if k != "warm_start"}
+    return {**started, "model": {**raw["model"], "path": policy}}
+
+
 def _pin_worker(core_slices: Any) -> None:
     """Worker initializer: take one slice of cores off the queue and keep to it for the worker's life."""
     cores = core_slices.get()
@@ -349,6 +365,33 @@ def _core_slices(jobs: int) -> list[tuple[int, ...]]:
         return []
     per = len(cores) // jobs
     return [tuple(cores[k * per:(k + 1) * per]) for k in range(jobs)]
+
+
+def _in_workers(fn: Callable[..., Any], jobs: dict[Any, Any], slices: list[tuple[int, ...]],
+                echo: Callable[[str], None], labels: dict[Any, str] | str, progress: bool = False) -> dict[Any, Any]:
+    """``fn(job)`` for every job, here one after another, or with ``slices`` in that many pinned worker processes."""
+    name = (lambda key: labels[key]) if isinstance(labels, dict) else (lambda key: f"{labels} {key}")
+    results: dict[Any, Any] = {}
+    if not slices:
+        for key, job in jobs.items():
+            echo(f"\n== {name(key)}")
+            results[key] = fn(job, progress)
+        return results
+    echo(f"\n== {len(jobs)} runs, {len(slices)} at a time on cores {', '.join(map(str, slices))}")
+    # spawn, not fork: a forked torch with its thread pools already started can deadlock
+    context = multiprocessing.get_context("spawn")
+    core_slices = context.SimpleQueue()
+    for cores in slices:
+        core_slices.put(cores)
+    t_start = time.perf_counter()
+    with ProcessPoolExecutor(len(slices), mp_context=context, initializer=_pin_worker,
+                             initargs=(core_slices,)) as pool:
+        futures = {pool.submit(fn, job): key for key, job in jobs.items()}
+        for future in as_completed(futures):
+            key = futures[future]
+            results[key] = future.result()
+            echo(f"finished {name(key)} at {time.perf_counter() - t_start:.0f} s")
+    return results
 
 
 def run_ablation(out: str | Path = "runs/ablation", *, steps: int | None = None, quick: bool = False,
@@ -406,32 +449,31 @@ def run_ablation(out: str | Path = "runs/ablation", *, steps: int | None = None,
     curves: dict[str, list[list[dict[str, float]]]] = {}
     runs = [(name, train_seed) for name in configs for train_seed in train_seeds]
     labels = {run: f"{LABELS[run[0]]}{f' (training seed {run[1]})' if seeds > 1 else ''}" for run in runs}
-    work = [_Job(with_monitors(config_for(name, s), full), full, folder(name, s) / "eval", out / "base" / "eval")
-            for name, s in runs]
+    slices = _core_slices(min(jobs, len(runs)))
+    # the paper's Table 2 models all start from one cold-start model: here one warm start per training seed, made
+    # with the RELATE config (its rewards choose the kept samples), and every configuration starts from it
+    starts: dict[int, str] = {}
+    if full.get("warm_start", {}).get("prompts"):
+        echo(f"warm start at training seed{'s' if seeds > 1 else ''} {', '.join(map(str, train_seeds))}: "
+             "fine-tuning on the base's accepted samples, the start of every configuration")
+        warm = {s: (config_for("relate", s), full, folder("warm_start", s) / "eval", out / "base" / "eval")
+                for s in train_seeds}
+        for s in train_seeds:
+            warm[s][0]["run"]["output_dir"] = str(folder("warm_start", s) / "run")
+        done = _in_workers(_warm_start, warm, slices, echo, "warm start, training seed", progress=progress)
+        starts = {s: done[s][0] for s in train_seeds}
+        per_seed["warm_start"] = [done[s][2] for s in train_seeds]
+        rows["warm_start"] = {k: _mean([done[s][1][k] for s in train_seeds]) for k in done[train_seeds[0]][1]}
+
+    def train_raw(name: str, s: int) -> dict[str, Any]:
+        raw = with_monitors(config_for(name, s), full)
+        return from_warm_start(raw, starts[s]) if starts else raw
+
+    work = [_Job(train_raw(name, s), full, folder(name, s) / "eval", out / "base" / "eval") for name, s in runs]
     for name in configs:
         echo(f"{LABELS[name]}: {', '.join(r['name'] for r in config_for(name)['rewards'])}; credit assignment "
              f"{'on' if TABLE_2[name][1] else 'off (token rewards demoted to sentence level)'}")
-    results: dict[tuple[str, int], Any] = {}
-    slices = _core_slices(min(jobs, len(work)))
-    if not slices:
-        for run, job in zip(runs, work):
-            echo(f"\n== {labels[run]}")
-            results[run] = _train_and_evaluate(job, progress)
-    else:
-        echo(f"\n== {len(work)} runs, {len(slices)} at a time on cores {', '.join(map(str, slices))}")
-        # spawn, not fork: a forked torch with its thread pools already started can deadlock
-        context = multiprocessing.get_context("spawn")
-        core_slices = context.SimpleQueue()
-        for cores in slices:
-            core_slices.put(cores)
-        t_start = time.perf_counter()
-        with ProcessPoolExecutor(len(slices), mp_context=context, initializer=_pin_worker,
-                                 initargs=(core_slices,)) as pool:
-            futures = {pool.submit(_train_and_evaluate, job): run for run, job in zip(runs, work)}
-            for future in as_completed(futures):
-                run = futures[future]
-                results[run] = future.result()
-                echo(f"finished {labels[run]} at {time.perf_counter() - t_start:.0f} s")
+    results = _in_workers(_train_and_evaluate, dict(zip(runs, work)), slices, echo, labels, progress=progress)
     for name in configs:
         seed_rows = []
         for train_seed in train_seeds:

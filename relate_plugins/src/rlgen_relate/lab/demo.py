@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from rlgen import ConfigError
+from rlgen import ConfigError, load_config, make_warm_start
 
 from . import report as rep
 
@@ -33,7 +33,8 @@ from . import report as rep
 CTCVR_CONTEXT_FIELDS = ("query", "bid_word", "landing_page")
 #: what the demo folder holds; a re-run replaces exactly these
 OWNED = ("data", "logs", "ctcvr", "run", "eval", "plots", "report.md", "demo.json", "ads_before_after.jsonl")
-STAGES = 7
+#: the stages of a demo whose preset has a warm start (7 without: no warm start and no evaluation of it)
+STAGES = 9
 
 
 @dataclass(frozen=True)
@@ -116,8 +117,9 @@ def _echo(msg: str) -> None:
 
 
 @contextmanager
-def _stage(record: dict[str, Any], n: int, key: str, title: str, echo: Callable[[str], None]) -> Iterator[None]:
-    echo(f"\n[{n}/{STAGES}] {title}")
+def _stage(record: dict[str, Any], n: int, key: str, title: str, echo: Callable[[str], None],
+           total: int = STAGES) -> Iterator[None]:
+    echo(f"\n[{n}/{total}] {title}")
     t0 = time.perf_counter()
     yield
     seconds = time.perf_counter() - t0
@@ -268,23 +270,32 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, model: str |
     _prepare_folder(out)
     record: dict[str, Any] = {"status": "running", "schedule": dataclasses.asdict(schedule), "seed": seed,
                               "out": str(out)}
+    # a warm start in the preset adds two stages: making it and evaluating it
+    warm = build_config(schedule, ctcvr_model=out / "ctcvr", train_path="", eval_path="", output_dir=out / "run",
+                        seed=seed).get("warm_start", {})
+    total = STAGES if warm.get("prompts") else STAGES - 2
+    counter = iter(range(1, total + 1))
     echo(f"RELATE demo ({schedule.name}) into {out}\n"
          f"  {schedule.describe()}\n"
          f"  expected: {schedule.expected or 'not measured for this schedule'}\n"
-         "  stages: data -> simulator logs -> CTCVR model -> base eval -> RELATE training -> trained eval -> report")
+         "  stages: data -> simulator logs -> CTCVR model -> base eval -> "
+         f"{'warm start -> warm-start eval -> ' if warm.get('prompts') else ''}RELATE training -> trained eval -> report")
     t_start = time.perf_counter()
 
-    with _stage(record, 1, "data", "writing the search-ad contexts (builtin:search-ads generator)", echo):
+    def stage(key: str, title: str) -> Any:
+        return _stage(record, next(counter), key, title, echo, total)
+
+    with stage("data", "writing the search-ad contexts (builtin:search-ads generator)"):
         record["data"] = data = write_data(out, schedule.eval_contexts, seed=0)
         echo(f"      {data['train_rows']} train and {data['eval_rows']} eval contexts in {data['verticals']} verticals")
 
-    with _stage(record, 2, "logs", f"simulating impressions of a diverse candidate pool on {schedule.log_contexts} contexts", echo):
+    with stage("logs", f"simulating impressions of a diverse candidate pool on {schedule.log_contexts} contexts"):
         record["logs"] = logs = write_impression_logs(out, data["train"], schedule.log_contexts,
                                                       schedule.impressions_per_context, seed=0)
         echo(f"      {logs['rows']} ads shown ({logs['ads_rejected']} rejected by review), {logs['impressions']:,} "
              f"impressions, CTR {logs['ctr']:.2%}, CVR {logs['cvr']:.2%}")
 
-    with _stage(record, 3, "ctcvr", "training the CTCVR reward model (ESMM on frozen MiniLM embeddings)", echo):
+    with stage("ctcvr", "training the CTCVR reward model (ESMM on frozen MiniLM embeddings)"):
         record["ctcvr"] = ctcvr = train_ctcvr_model(logs["path"], out / "ctcvr", schedule.ctcvr_epochs, seed=seed,
                                                     progress=progress)
         echo("      " + ctcvr["report"].replace("\n", "\n      "))
@@ -293,18 +304,30 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, model: str |
                        eval_path=data["eval_contexts"], output_dir=out / "run", seed=seed)
     record["config"] = raw
 
-    with _stage(record, 4, "eval_base", f"evaluating the base policy on {data['eval_used']} eval contexts", echo):
+    with stage("eval_base", f"evaluating the base policy on {data['eval_used']} eval contexts"):
         base = evaluate_policy(raw, None, out / "eval" / "base", progress=progress)
 
-    with _stage(record, 5, "train", f"training with RELATE for {schedule.steps} steps "
-                f"({raw['data']['prompts_per_step']} prompts x G={raw['group_size']} per step)", echo):
+    if warm.get("prompts"):
+        with stage("warm_start", f"warm start: {warm.get('samples_per_prompt')} ads for each of {warm['prompts']} train "
+                   "contexts, fine-tuning on those the rewards accept"):
+            policy = make_warm_start(load_config(raw), progress=progress)
+            summary = json.loads((policy.parent / "summary.json").read_text(encoding="utf-8"))
+            record["warm_start"] = {k: v for k, v in summary.items() if k != "fingerprint"}
+            echo(f"      {summary['accepted']} of {summary['sampled']} ads accepted; fine-tuned on {summary['kept']} "
+                 f"in {summary['updates']} updates")
+        with stage("eval_warm_start", "evaluating the warm-start policy against the base"):
+            evaluate_policy(raw, str(policy), out / "eval" / "warm_start", baseline=out / "eval" / "base",
+                            progress=progress)
+
+    with stage("train", f"training with RELATE for {schedule.steps} steps "
+               f"({raw['data']['prompts_per_step']} prompts x G={raw['group_size']} per step)"):
         record["train"] = run = train_policy(raw, progress=progress)
 
-    with _stage(record, 6, "eval_trained", "evaluating the trained policy against the base", echo):
+    with stage("eval_trained", "evaluating the trained policy against the base"):
         trained = evaluate_policy(raw, run["policy"], out / "eval" / "trained", baseline=out / "eval" / "base",
                                   progress=progress)
 
-    with _stage(record, 7, "report", "writing plots, sample ads and report.md", echo):
+    with stage("report", "writing plots, sample ads and report.md"):
         record["seconds"]["total"] = round(time.perf_counter() - t_start, 1)
         record["verdict"] = verdicts(base, trained)
         record["status"] = "done"
@@ -366,6 +389,23 @@ def write_demo_report(out: str | Path) -> Path:
         v_lines.append(f"- {v['label']}: {v['base']:.{digits}%} -> {v['trained']:.{digits}%}, difference "
                        f"{v['diff'] * 100:+.{digits}f} pp [95% CI {v['ci_low'] * 100:+.{digits}f}, "
                        f"{v['ci_high'] * 100:+.{digits}f}]: **{v['verdict']}**")
+    warm_item, warm_section = "", ""
+    ws = record.get("warm_start")
+    if ws and (out / "eval" / "warm_start" / "eval.json").exists():
+        warm_eval = rep.load_eval(out / "eval" / "warm_start")
+        gate = cfg.get("warm_start", {}).get("accept", {})
+        warm_item = (f"\n   It started from the **warm start** (`run/warm_start/`): the base wrote "
+                     f"{ws['sampled'] // max(ws['contexts'], 1)} ads for each of {ws['contexts']} train contexts, "
+                     f"{ws['accepted']} passed {', '.join(f'{k} >= {v:g}' for k, v in gate.items()) or 'the gate'}, "
+                     f"and the base was fine-tuned on the {ws['kept']} best of them ({ws['updates']} updates).")
+        warm_section = f"""## Base, warm start, trained
+
+The warm start is supervised fine-tuning on the base's own accepted ads (docs/warm-start.md); RL started from it
+and its KL term keeps the policy near it. Each column: mean (difference from the base [paired 95% CI], verdict
+when the CI excludes zero). The same contexts and sampling seeds for all three (`eval/warm_start/`).
+
+{rep.stages_table(base, {"warm start": warm_eval, "trained": trained})}
+"""
     beat = all(v["verdict"] == "better" for v in record.get("verdict", {}).values()) and record.get("verdict")
     conclusion = ("The trained policy beats the base on all three targets, each with a 95% confidence interval "
                   "of the difference above zero." if beat else
@@ -396,7 +436,7 @@ Wall time {secs.get('total', 0) / 60:.1f} min ({timing}).
    rewards {rewards}; advantage `{cfg['advantage']['name']}` {cfg['advantage'].get('params', {})};
    trainer `{cfg['trainer']['name']}` (lr {trainer.get('learning_rate')}, beta {trainer.get('beta')},
    LoRA {trainer.get('lora') or 'off'}); sampler `{cfg['sampler']['name']}` {cfg['sampler'].get('params', {})}.
-   Run folder: `run/config.yaml`, `run/metrics.jsonl`, `run/samples.jsonl`, `run/checkpoints/`, `run/policy/`.
+   Run folder: `run/config.yaml`, `run/metrics.jsonl`, `run/samples.jsonl`, `run/checkpoints/`, `run/policy/`.{warm_item}
 6. **Trained evaluation** against the base on the same contexts and sampling seeds (`eval/trained/`).
 
 ## Does the trained policy beat the base?
@@ -411,7 +451,7 @@ Means over contexts with 95% bootstrap confidence intervals; the relative delta 
 CI, and the verdict rests on the paired CI of the absolute difference.
 
 {rep.comparison_table(base, trained)}
-## Compliance by vertical
+{warm_section}## Compliance by vertical
 
 Compliance rate (Eq. 11) over the ads of each vertical, with the paired 95% CI of the difference (the same
 contexts resampled for both policies).

@@ -231,6 +231,42 @@ def _ci(key: str, row: dict[str, float]) -> str:
     return f" [{_fmt(key, row['ci_low'])}, {_fmt(key, row['ci_high'])}]"
 
 
+#: the rows of the base -> warm start -> trained table: what the warm start is for, and what RL adds
+STAGE_KEYS: list[tuple[str, str, bool]] = [
+    ("relate/compliance_rate", "Compliance rate (Eq. 11)", True),
+    ("relate/format_pass_rate", "Format pass rate", True),
+    ("relate/fluent_rate", "Fluent (no stutter, no repeated phrase)", True),
+    ("relate/sim_ctcvr", "Simulator CTCVR", True),
+    ("relate/diversity", "Diversity (Eq. 12, [0, 1])", True),
+    ("relate/distinct_2", "distinct-2", True),
+    ("relate/self_bleu", "self-BLEU (lower is more diverse)", False),
+]
+
+
+def stages_table(base: EvalResult, stages: dict[str, EvalResult], keys: Iterable[tuple[str, str, bool]] = STAGE_KEYS,
+                 *, seed: int = 0) -> str:
+    """Markdown: the base's mean, then each later policy's mean with its difference from the base [paired 95% CI]
+    and the verdict, e.g. base -> warm start -> trained."""
+    names = list(stages)
+    lines = ["| metric | base | " + " | ".join(f"{n} (- base [95% CI])" for n in names) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in names) + " |"]
+    for key, label, higher in keys:
+        if key not in base.summary or any(key not in r.summary for r in stages.values()):
+            continue
+        scale, unit = (100.0, " pp") if key in PERCENT else (1.0, "")
+        cells = []
+        for result in stages.values():
+            diff = paired_difference(base, result, key, seed=seed)
+            cell = _fmt(key, result.summary[key]["mean"])
+            if diff is not None:
+                judged = verdict(diff, higher)
+                cell += (f" ({diff['diff'] * scale:+.3f}{unit} [{diff['ci_low'] * scale:+.3f}, "
+                         f"{diff['ci_high'] * scale:+.3f}]{', ' + judged if judged != 'no clear change' else ''})")
+            cells.append(cell)
+        lines.append(f"| {label} | {_fmt(key, base.summary[key]['mean'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def comparison_table(base: EvalResult, trained: EvalResult, keys: Iterable[tuple[str, str, bool]] = HEADLINE,
                      *, seed: int = 0) -> str:
     """Markdown: base and trained means with 95% CIs, the relative delta of Eq. 10 with its CI, the

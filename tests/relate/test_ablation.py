@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+import yaml
 import torch
 
 import rlgen
@@ -122,7 +123,14 @@ def test_ablation_runs_end_to_end_at_toy_scale(tmp_path):
     lines: list[str] = []
     path = ablation.run_ablation(tmp_path, configs=["model1", "relate"], schedule=toy, progress=False, echo=lines.append)
     data = json.loads((tmp_path / "ablation.json").read_text())
-    assert set(data["rows"]) == {"base", "model1", "relate"}
+    assert set(data["rows"]) == {"base", "warm_start", "model1", "relate"}
+    # the preset's warm start is made once and every configuration trains from it (the paper's shared cold start)
+    start = tmp_path / "warm_start" / "run" / "warm_start" / "policy"
+    assert (start / "model.safetensors").is_file()
+    for name in ("model1", "relate"):
+        trained = yaml.safe_load((tmp_path / name / "run" / "config.yaml").read_text())
+        assert trained["model"]["path"] == str(start) and not trained["warm_start"]["prompts"]
+    assert "| warm start (every model's start) |" in (tmp_path / "table3.md").read_text()
     assert (tmp_path / "figure3.png").read_bytes()[:4] == b"\x89PNG"
     # Model 1 trains on two rewards but logs all seven (weight 0), so Figure 3 has every curve for it
     metrics = json.loads((tmp_path / "model1" / "run" / "metrics.jsonl").read_text().splitlines()[0])

@@ -88,7 +88,12 @@ def test_whole_pipeline_at_toy_scale(tmp_path):
 
     # every stage's output exists and parses
     demo = json.loads((out / "demo.json").read_text())
-    assert demo["status"] == "done" and set(demo["seconds"]) >= {"data", "logs", "ctcvr", "eval_base", "train", "eval_trained"}
+    assert demo["status"] == "done" and set(demo["seconds"]) >= {"data", "logs", "ctcvr", "eval_base", "warm_start",
+                                                                 "eval_warm_start", "train", "eval_trained"}
+    # the preset's warm start: its own stage, evaluated, and the start of RL
+    assert demo["warm_start"]["kept"] > 0 and (out / "eval" / "warm_start" / "eval.json").exists()
+    assert (out / "run" / "warm_start" / "policy" / "model.safetensors").is_file()
+    assert any(line.strip().startswith("[5/9] warm start") for line in lines)
     assert (out / "data" / "train.jsonl").stat().st_size > 0
     logs = [json.loads(ln) for ln in (out / "logs" / "impressions.jsonl").read_text().splitlines()]
     assert len(logs) == demo["logs"]["rows"] > 0 and {"ad_text", "impressions", "clicks", "conversions"} <= set(logs[0])
@@ -119,6 +124,7 @@ def test_whole_pipeline_at_toy_scale(tmp_path):
     assert len(pairs) == 4 and {"context", "base", "trained"} == set(json.loads(pairs[0]))
     report = (out / "report.md").read_text()
     for section in ("## What was run", "## Does the trained policy beat the base?", "## Evaluation: base vs trained",
+                    "## Base, warm start, trained",
                     "## Compliance by vertical", "## Predicted vs simulator CTCVR", "## Training curves", "## Sample ads, before and after"):
         assert section in report
     assert "![rewards](plots/rewards.png)" in report and "| Compliance rate" in report

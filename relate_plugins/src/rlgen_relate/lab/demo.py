@@ -68,13 +68,13 @@ FULL = Schedule(
     log_contexts=300,
     impressions_per_context=2000,
     ctcvr_epochs=30,
-    # 48 steps of 3 prompts x G = 8: the time the speed-ups saved spent on steps and samples (14 steps of 2 prompts
-    # x 5 took 9 of the demo's 17 minutes before them; a step of the preset now takes about 16 s on 2 idle cores)
-    steps=48,
+    # 24 steps of 3 prompts x G = 8 after the preset's warm start: from the warm start RL reaches its plateau within
+    # 16-24 steps, where from the base it took about 40 (docs/demo.md, round nine); a step takes about 16 s here
+    steps=24,
     eval_contexts=128,  # of 139: at 64 the compliance and format CIs nearly touched zero
     samples_per_context=1,
-    expected="about 16 minutes on 2 idle CPU cores: logs and CTCVR model 1-2 min, base eval 1-2 min, "
-             "48 RELATE steps of about 16 s, trained eval 1 min",
+    expected="about 17 minutes on 2 idle CPU cores: logs and CTCVR model 1-2 min, base eval 1 min, warm start "
+             "about 7 min and its eval 1 min, 24 RELATE steps of about 16 s, trained eval 1 min",
 )
 
 # --quick: the same pipeline on the tiny random Llama, to see every stage and file in a few minutes. A random
@@ -88,7 +88,10 @@ QUICK = Schedule(
     steps=8,
     eval_contexts=16,
     samples_per_context=1,
-    overrides=("trainer.params.lora=null", "trainer.params.learning_rate=1.0e-3", "sampler.params.max_new_tokens=32"),
+    # a random model writes no ad that passes review: its warm start accepts every sample, to show the stage
+    overrides=("trainer.params.lora=null", "trainer.params.learning_rate=1.0e-3", "sampler.params.max_new_tokens=32",
+               "warm_start.prompts=8", "warm_start.samples_per_prompt=2", "warm_start.accept={}",
+               "warm_start.keep_per_prompt=1", "warm_start.epochs=1", "warm_start.batch_size=8"),
     expected="about 2-4 minutes on 2 CPU cores (tiny random Llama: the numbers show the plumbing, not learning)",
 )
 

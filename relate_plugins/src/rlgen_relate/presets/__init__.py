@@ -41,13 +41,19 @@ def preset(name: str, *, ctcvr_model: str | None = None) -> dict[str, Any]:
 
     Models 1-4 keep every reward at sentence level: token-level providers are demoted to their
     sum (Eq. 4) inside ``relate.credit``, which then equals plain GRPO on the summed rewards.
-    RELATE keeps diversity, repetition, risk and overflow at token level (Eq. 5, 7, 9).
+    RELATE keeps diversity, repetition, risk and overflow at token level (Eq. 5, 7, 9). A model's
+    ``warm_start.accept`` keeps the gates on rewards it has; `rlgen-relate ablation` starts every model from
+    RELATE's warm start instead, as the paper starts every model from one cold-start model.
     """
     if name not in TABLE_2:
         raise KeyError(f"unknown preset {name!r}; presets: {', '.join(NAMES)}")
     rewards_on, credit = TABLE_2[name]
     raw = copy.deepcopy(relate_preset())
     raw["rewards"] = [r for r in raw["rewards"] if r["name"] in rewards_on]
+    # a model's own warm start can gate only on the rewards it has (the ablation gives every model RELATE's instead)
+    warm = raw.get("warm_start", {})
+    if warm.get("accept"):
+        warm["accept"] = {k: v for k, v in warm["accept"].items() if k in rewards_on}
     params = raw["advantage"].setdefault("params", {})
     demote = [] if credit else [r["name"] for r in raw["rewards"] if r["name"] in TOKEN_LEVEL]
     if demote:

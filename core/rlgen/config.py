@@ -144,7 +144,8 @@ class WarmStartSection(_Section):
     from the run's own parts: the sampler draws ``samples_per_prompt`` completions for ``prompts`` training
     contexts, the run's rewards score them, and the best accepted completions of each context become the
     fine-tuning data (RAFT, Dong et al. 2023; Llama 2's rejection sampling). RL then starts from, and keeps its
-    KL term to, the fine-tuned policy (``RUN/warm_start/policy``). See docs/warm-start.md."""
+    KL term to, the fine-tuned policy (``RUN/warm_start/policy``). With ``rounds`` > 1 the fine-tuned policy samples
+    and is fine-tuned again. See docs/warm-start.md."""
 
     prompts: int = Field(0, ge=0, description="training contexts to sample on (0: no warm start)")
     samples_per_prompt: int = Field(8, ge=1, description="completions drawn per context")
@@ -159,6 +160,10 @@ class WarmStartSection(_Section):
     trainer_params: dict[str, Any] = Field(
         default_factory=dict, description="merged over trainer.params for the warm start only (e.g. the learning "
         "rate, or beta 0: the KL to the base would hold back exactly what this stage is for)"
+    )
+    rounds: int = Field(
+        1, ge=1, description="sample-and-fine-tune rounds; round r > 1 samples the next `prompts` contexts with round "
+        "r-1's policy and fine-tunes that policy further (ReST, Gulcehre et al. 2023)"
     )
 
 

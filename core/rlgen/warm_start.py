@@ -15,7 +15,11 @@ rejection sampling):
    gradient of the log-likelihood of the tokens it is given when every advantage is 1 (Eq. 6 with
    A = 1, rho = 1 and beta = 0), so the trainer plugin needs no second loss.
 
-The fine-tuned policy is exported (adapters merged) to ``RUN/warm_start/policy``; RL then loads it
+With ``warm_start.rounds`` > 1 the stage repeats (ReST's grow and improve steps, Gulcehre et al.
+2023): round r samples the next ``prompts`` contexts of the shuffled order with round r-1's policy,
+which accepts more of its own completions and on more contexts, and fine-tunes that policy further.
+
+The last round's policy is exported (adapters merged) to ``RUN/warm_start/policy``; RL then loads it
 as its model, so under LoRA its reference for the KL term is this policy, not the untouched base.
 A finished warm start is reused when the run resumes or restarts with the same settings.
 """
@@ -50,6 +54,8 @@ POLICY = "policy"
 SUMMARY = "summary.json"
 #: offsets the sampling seeds of this stage away from the training steps' (loop.step_seed(seed, step))
 SEED_OFFSET = 2_000_000
+#: how far apart the sampling seeds of two rounds are (more generate calls than a round ever makes)
+ROUND_SEED_STRIDE = 100_000
 
 
 class WarmStartError(RlgenError):
@@ -96,16 +102,29 @@ def finished(config: RunConfig) -> Path | None:
     return policy if summary.get("fingerprint") == fingerprint(config) and policy.is_dir() else None
 
 
-def sample_candidates(prepared: session.PreparedRun, folder: Path, progress: bool) -> Candidates:
+def round_folder(folder: Path, round_index: int) -> Path:
+    """Where round ``round_index`` writes kept.jsonl, metrics.jsonl and its policy: the stage's folder for round 1."""
+    return folder if round_index == 1 else folder / f"round-{round_index}"
+
+
+def round_contexts(records: list[Any], prompts: int, round_index: int) -> list[Any]:
+    """Round r's contexts: the r-th block of ``prompts`` in the shuffled order, wrapping around at its end."""
+    if prompts >= len(records):
+        return list(records)
+    start = (round_index - 1) * prompts % len(records)
+    return (records[start:] + records[:start])[:prompts]
+
+
+def sample_candidates(prepared: session.PreparedRun, folder: Path, progress: bool, round_index: int = 1) -> Candidates:
     """Step 1 and 2: sample, score, accept and keep (the sampler and rewards are closed on return)."""
     config, plan, registry = prepared.config, prepared.plan, prepared.registry
     warm = config.warm_start
     source = prepared.source
     records = source.shuffled_records()
-    if warm.prompts > len(records):
+    if warm.prompts > len(records) and round_index == 1:
         log.warning("warm_start.prompts exceeds the training contexts; using all", asked=warm.prompts,
                     contexts=len(records))
-    records = records[: warm.prompts]
+    records = round_contexts(records, warm.prompts, round_index)
     sampler = plan.sampler.build()
     rewards = session.build_rewards(plan)
     weights = session.reward_weights(plan)
@@ -116,10 +135,11 @@ def sample_candidates(prepared: session.PreparedRun, folder: Path, progress: boo
     passed = dict.fromkeys(warm.accept, 0)
     total_sum = kept_sum = 0.0
     with session.plugins_set_up(context, [sampler, *rewards.values()]), \
-            tqdm.tqdm(total=len(records), unit="ctx", desc="warm start: sample", disable=not progress) as bar:
+            tqdm.tqdm(total=len(records), unit="ctx", desc=f"warm start: sample{_of_rounds(warm, round_index)}",
+                      disable=not progress) as bar:
         for call, start in enumerate(range(0, len(records), warm.batch_prompts)):
             chunk = records[start : start + warm.batch_prompts]
-            seed = step_seed(config.run.seed, SEED_OFFSET + call, 0)
+            seed = step_seed(config.run.seed, SEED_OFFSET + ROUND_SEED_STRIDE * (round_index - 1) + call, 0)
             seed_everything(seed)
             rollout = sampler.generate([source.prompt(r) for r in chunk], warm.samples_per_prompt, seed)
             scores: dict[str, torch.Tensor] = {}
@@ -157,7 +177,12 @@ def sample_candidates(prepared: session.PreparedRun, folder: Path, progress: boo
     )
 
 
-def fine_tune(prepared: session.PreparedRun, kept: Rollout, folder: Path, progress: bool) -> list[dict[str, float]]:
+def _of_rounds(warm: Any, round_index: int) -> str:
+    return f" (round {round_index}/{warm.rounds})" if warm.rounds > 1 else ""
+
+
+def fine_tune(prepared: session.PreparedRun, kept: Rollout, folder: Path, progress: bool,
+              round_index: int = 1) -> list[dict[str, float]]:
     """Step 3: ``epochs`` passes over ``kept`` in shuffled batches; exports the merged policy to ``folder/policy``."""
     config, plan = prepared.config, prepared.plan
     warm = config.warm_start
@@ -168,9 +193,10 @@ def fine_tune(prepared: session.PreparedRun, kept: Rollout, folder: Path, progre
     context = session.run_context(staged, prepared.registry, folder)
     trainer = plan.warm_start_trainer.build()  # type: ignore[union-attr]
     history: list[dict[str, float]] = []
-    generator = torch.Generator().manual_seed(step_seed(config.run.seed, SEED_OFFSET - 1, 0))
+    generator = torch.Generator().manual_seed(step_seed(config.run.seed, SEED_OFFSET - round_index, 0))
     with session.plugins_set_up(context, [trainer]), (folder / "metrics.jsonl").open("w") as fh, \
-            tqdm.tqdm(total=updates, unit="update", desc="warm start: fine-tune", disable=not progress) as bar:
+            tqdm.tqdm(total=updates, unit="update", desc=f"warm start: fine-tune{_of_rounds(warm, round_index)}",
+                      disable=not progress) as bar:
         update = 0
         for epoch in range(1, warm.epochs + 1):
             # contexts in a fresh order, each context's completions side by side: a trainer that shares a prompt
@@ -206,34 +232,67 @@ def run_warm_start(prepared: session.PreparedRun, progress: bool = True) -> Path
     folder.mkdir(parents=True)
     warm = config.warm_start
     torch.set_num_threads(session.cpu_threads(config))
+    rounds: list[dict[str, Any]] = []
+    current = prepared
+    for round_index in range(1, warm.rounds + 1):
+        here = round_folder(folder, round_index)
+        here.mkdir(exist_ok=True)
+        rounds.append(_one_round(current, here, round_index, progress))
+        if round_index > 1:
+            # the policy this round sampled from and fine-tuned is superseded: only the latest is kept
+            shutil.rmtree(folder / POLICY)
+            (here / POLICY).rename(folder / POLICY)
+        if round_index < warm.rounds:
+            grown = config.model_copy(update={"model": config.model.model_copy(update={"path": str(folder / POLICY)})})
+            grown._origin = config.origin
+            current = session.prepare(grown, prepared.registry)
+    summary = {
+        "fingerprint": fingerprint(config), "contexts": sum(r["contexts"] for r in rounds),
+        **{k: sum(r[k] for r in rounds) for k in ("sampled", "accepted", "kept", "updates")},
+        "passed": {k: sum(r["passed"][k] for r in rounds) for k in warm.accept},
+        "reward_total_mean_sampled": rounds[-1]["reward_total_mean_sampled"],
+        "reward_total_mean_kept": rounds[-1]["reward_total_mean_kept"],
+        "entropy_first": rounds[0]["entropy_first"], "entropy_last": rounds[-1]["entropy_last"],
+        **{k: round(sum(r[k] for r in rounds), 1) for k in ("sample_seconds", "fine_tune_seconds")},
+        "rounds": rounds,
+    }
+    (folder / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
+    log.info("warm start: done", **{k: v for k, v in summary.items() if k not in ("fingerprint", "rounds")})
+    return folder / POLICY
+
+
+def _one_round(prepared: session.PreparedRun, folder: Path, round_index: int, progress: bool) -> dict[str, Any]:
+    """Sample with ``prepared``'s model, keep, fine-tune it into ``folder/policy``; the round's summary."""
+    config = prepared.config
+    warm = config.warm_start
     t0 = time.perf_counter()
-    log.info("warm start: sampling", contexts=warm.prompts, samples_per_context=warm.samples_per_prompt,
-             accept=warm.accept)
-    found = sample_candidates(prepared, folder, progress)
+    log.info("warm start: sampling", round=round_index, model=config.model.path, contexts=warm.prompts,
+             samples_per_context=warm.samples_per_prompt, accept=warm.accept)
+    found = sample_candidates(prepared, folder, progress, round_index)
     with (folder / "kept.jsonl").open("w") as fh:
         for record in found.records:
             fh.write(json.dumps(record) + "\n")
     if found.kept is None:
+        where = f" in round {round_index}" if round_index > 1 else ""
         raise WarmStartError(
-            f"{config.origin}: warm_start.accept {warm.accept} accepted none of {found.sampled} completions "
+            f"{config.origin}: warm_start.accept {warm.accept} accepted none of {found.sampled} completions{where} "
             f"(per key: {found.passed}); lower a minimum, sample more (warm_start.samples_per_prompt), or remove "
             "the warm_start section"
         )
     t1 = time.perf_counter()
-    log.info("warm start: fine-tuning", kept=found.kept.batch_size, accepted=found.accepted, sampled=found.sampled)
-    history = fine_tune(prepared, found.kept, folder, progress)
+    log.info("warm start: fine-tuning", round=round_index, kept=found.kept.batch_size, accepted=found.accepted,
+             sampled=found.sampled)
+    history = fine_tune(prepared, found.kept, folder, progress, round_index)
     t2 = time.perf_counter()
-    summary = {
-        "fingerprint": fingerprint(config), "contexts": min(warm.prompts, len(prepared.source.records)),
+    return {
+        "round": round_index, "sampled_from": config.model.path,
+        "contexts": min(warm.prompts, len(prepared.source.records)),
         "sampled": found.sampled, "accepted": found.accepted, "kept": found.kept.batch_size,
         "passed": found.passed, "reward_total_mean_sampled": found.total_mean_all,
         "reward_total_mean_kept": found.total_mean_kept, "updates": len(history),
         "entropy_first": history[0].get("trainer/entropy"), "entropy_last": history[-1].get("trainer/entropy"),
         "sample_seconds": round(t1 - t0, 1), "fine_tune_seconds": round(t2 - t1, 1),
     }
-    (folder / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
-    log.info("warm start: done", **{k: v for k, v in summary.items() if k != "fingerprint"})
-    return folder / POLICY
 
 
 def make_warm_start(config: RunConfig, *, registry: Registry | None = None, progress: bool = True) -> Path:

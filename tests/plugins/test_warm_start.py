@@ -126,3 +126,21 @@ def test_rlgen_warm_start_makes_the_stage_alone_and_ranks_refuse_to_make_it(tmp_
     stamp = (run / "warm_start" / "kept.jsonl").stat().st_mtime_ns
     train(load_config(path), progress=False)
     assert (run / "warm_start" / "kept.jsonl").stat().st_mtime_ns == stamp and (run / "policy").is_dir()
+
+
+def test_a_second_round_samples_new_contexts_with_the_first_rounds_policy_and_fine_tunes_it_further(tmp_path, tiny_llama):
+    rlgen.make_warm_start(config(tmp_path, "run", prompts=2, rounds=2), progress=False)
+    folder = tmp_path / "run" / "warm_start"
+    summary = json.loads((folder / "summary.json").read_text())
+    first, second = summary["rounds"]
+    assert first["sampled_from"] == "builtin:tiny-llama" and second["sampled_from"] == str(folder / "policy")
+    assert summary["sampled"] == first["sampled"] + second["sampled"] == 16
+    assert summary["updates"] == first["updates"] + second["updates"]
+    kept = [[json.loads(line) for line in (d / "kept.jsonl").read_text().splitlines()] for d in (folder, folder / "round-2")]
+    assert [len(k) for k in kept] == [first["kept"], second["kept"]] and all(kept)
+    # round 2 took the next block of contexts
+    assert not {r["context"]["query"] for r in kept[0]} & {r["context"]["query"] for r in kept[1]}
+    # one policy is left, the last round's, and it was fine-tuned on both rounds' completions
+    assert not (folder / "round-2" / "policy").exists() and (folder / "policy" / "model.safetensors").is_file()
+    for records in kept:
+        assert mean_logprob(folder / "policy", records) > mean_logprob(tiny_llama, records) + 0.1

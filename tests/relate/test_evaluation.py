@@ -54,6 +54,22 @@ def test_distinct_and_self_bleu():
     assert evaluation.self_bleu(different) < 0.1
 
 
+def test_distinct_and_self_bleu_compare_what_the_ads_say_not_the_layout_labels():
+    """Four different ads in the layout: their labels are shared by all four, and with them in, the same
+    words would look more alike than when written without the layout."""
+    said = ["Cheap Flights to Lisbon\nNonstop fares from $89 this spring.", "Oak Dining Tables\nFree delivery, handmade in Vermont.",
+            "Math Tutors Online\nFirst lesson free with a certified tutor.", "Roof Repair in Tucson\nFree inspection, same-week crews."]
+    laid_out = ["Title: " + t.replace("\n", "\nDescription: ") for t in said]
+    metrics = evaluation.rlgen_eval_metrics(texts=laid_out, meta=[{}] * 4, group=[0, 1, 2, 3], config=config())
+    bare = evaluation.rlgen_eval_metrics(texts=said, meta=[{}] * 4, group=[0, 1, 2, 3], config=config())
+    for key in ("relate/distinct_2", "relate/self_bleu"):
+        assert metrics[key] == bare[key]
+    # the labels would have counted: as plain text, the laid-out ads share bigrams and BLEU n-grams
+    assert evaluation.self_bleu(laid_out) > 1.2 * evaluation.self_bleu(said)
+    assert evaluation.distinct_n(laid_out, 2) < evaluation.distinct_n(said, 2)
+    assert evaluation.without_labels(["  Description : free"], config()) == ["  free"]
+
+
 def test_hook_only_speaks_for_relate_runs():
     plain = load_config({"data": {"path": "x.jsonl", "prompt_template": "{q}"}, "rewards": [{"name": "toy.count"}]})
     assert evaluation.rlgen_eval_metrics(texts=[GOOD], meta=[{}], group=[0], config=plain) is None
@@ -170,15 +186,16 @@ def test_summary_gives_cis_and_paired_differences_for_fluent_distinct_and_self_b
         row = trained.summary[key]
         assert row["ci_low"] <= row["mean"] <= row["ci_high"]
         assert {"baseline", "diff", "diff_ci_low", "diff_ci_high"} <= set(row)
-    assert trained.summary["relate/distinct_2"]["mean"] == pytest.approx(evaluation.distinct_n(stutter, 2))
-    assert base.summary["relate/self_bleu"]["mean"] == pytest.approx(evaluation.self_bleu(clean))
+    clean_words, stutter_words = evaluation.without_labels(clean, cfg), evaluation.without_labels(stutter, cfg)
+    assert trained.summary["relate/distinct_2"]["mean"] == pytest.approx(evaluation.distinct_n(stutter_words, 2))
+    assert base.summary["relate/self_bleu"]["mean"] == pytest.approx(evaluation.self_bleu(clean_words))
     fluent = trained.summary["relate/fluent_rate"]
     assert (fluent["mean"], fluent["baseline"], fluent["diff"]) == (0.0, 1.0, -1.0)
     assert fluent["diff_ci_high"] == -1.0  # every context got worse: the CI is the point
     # the pasted slogan makes the trained set's bigrams less unique and its ads more alike
     distinct = trained.summary["relate/distinct_2"]
     assert distinct["diff"] < 0 and distinct["diff_ci_low"] <= distinct["diff"] <= distinct["diff_ci_high"]
-    assert distinct["diff"] == pytest.approx(evaluation.distinct_n(stutter, 2) - evaluation.distinct_n(clean, 2))
+    assert distinct["diff"] == pytest.approx(evaluation.distinct_n(stutter_words, 2) - evaluation.distinct_n(clean_words, 2))
     # the report's paired difference is the core's
     diff = rlgen.paired_difference(trained, base, "relate/distinct_2")
     assert diff["diff"] == pytest.approx(distinct["diff"]) and diff["ci_high"] < 0

@@ -79,8 +79,9 @@ def test_a_lora_policy_decodes_through_the_loop_as_generate_does(
     registry, cache_dir: Path, chatty_llama: Path, make_context, tmp_path: Path
 ) -> None:
     """The sampler shares the trainer's PEFT module: the loop decodes it with each adapter merged into its
-    weight (W + scaling * B A), generate runs base and adapter apart; same tokens, log-probs within 1e-5,
-    and the trainer's forward agrees with what the loop recorded."""
+    weight (W + scaling * B A), generate runs base and adapter apart; same tokens, log-probs within 1e-4 (the
+    merged and the separate products round apart: up to 1.0e-5 seen, on one machine just over 1e-5), and the
+    trainer's forward agrees with what the loop recorded."""
     trainer = make_trainer(registry, cache_dir, chatty_llama, tmp_path, lora={"r": 4, "alpha": 8})
     # B starts at zero (the adapter would be the identity): give it weights that change what is sampled
     with torch.no_grad():
@@ -96,7 +97,7 @@ def test_a_lora_policy_decodes_through_the_loop_as_generate_does(
         assert rollouts[decode].extras["decode"] == decode
     a, b = rollouts["generate"], rollouts["loop"]
     assert torch.equal(a.completion_ids, b.completion_ids) and a.texts == b.texts
-    torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-4, rtol=0)
     # the adapters matter: without them the same seeds sample something else
     with trainer.engine.module.disable_adapter():
         base = sampler.generate(PROMPTS, 4, seed=3)

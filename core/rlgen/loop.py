@@ -513,6 +513,4 @@ def _after_warm_start(prepared: session.PreparedRun, *, resumed_from_checkpoint:
         policy = warm_start.run_warm_start(prepared, progress)
     else:
         log.info("warm start: reusing the stored policy", folder=str(policy))
-    started = config.model_copy(update={"model": config.model.model_copy(update={"path": str(policy)})})
-    started._origin = config.origin
-    return session.prepare(started, prepared.registry)
+    return session.prepare(session.with_model_path(config, policy), prepared.registry)

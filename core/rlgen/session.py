@@ -139,11 +139,16 @@ def prepare(config: RunConfig, registry: Registry | None = None) -> PreparedRun:
     return PreparedRun(config, plan, source, registry)
 
 
+def with_model_path(config: RunConfig, path: str | Path) -> RunConfig:
+    """``config`` with ``model.path`` set to ``path``, everything else (its origin too) as it was."""
+    return config.model_copy(update={"model": config.model.model_copy(update={"path": str(path)})})
+
+
 def with_policy(config: RunConfig, policy: str | None, registry: Registry | None = None) -> tuple[RunConfig, RunPlan, Registry]:
     """The config with ``model.path`` pointing at ``policy`` (when given), its validated plan, and the registry."""
     if policy:
         check_policy_exists(policy)
-        config = config.model_copy(update={"model": config.model.model_copy(update={"path": policy})})
+        config = with_model_path(config, policy)
     registry = registry or discover()
     plan = plan_run(config, registry)
     if policy:

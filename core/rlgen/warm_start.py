@@ -243,9 +243,7 @@ def run_warm_start(prepared: session.PreparedRun, progress: bool = True) -> Path
             shutil.rmtree(folder / POLICY)
             (here / POLICY).rename(folder / POLICY)
         if round_index < warm.rounds:
-            grown = config.model_copy(update={"model": config.model.model_copy(update={"path": str(folder / POLICY)})})
-            grown._origin = config.origin
-            current = session.prepare(grown, prepared.registry)
+            current = session.prepare(session.with_model_path(config, folder / POLICY), prepared.registry)
     summary = {
         "fingerprint": fingerprint(config), "contexts": sum(r["contexts"] for r in rounds),
         **{k: sum(r[k] for r in rounds) for k in ("sampled", "accepted", "kept", "updates")},

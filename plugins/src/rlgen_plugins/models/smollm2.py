@@ -52,9 +52,11 @@ def load_from_gguf() -> tuple[Any, Any]:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.is_quantized = False
-    # SmolLM2's chat format: ChatML with <|im_end|> as both EOS and padding.
-    tokenizer.pad_token = tokenizer.eos_token
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    # SmolLM2's chat format: ChatML with <|im_end|> as both EOS and padding. Named rather than read
+    # from the GGUF: transformers 5.17 reads its EOS as <|im_start|> (5.24 as <|im_end|>), and a
+    # sampler that stops on <|im_start|> runs every completion to max_new_tokens.
+    tokenizer.eos_token = tokenizer.pad_token = "<|im_end|>"
+    model.config.eos_token_id = model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 

@@ -74,6 +74,11 @@ class RunSection(_Section):
     checkpoint_every: int = Field(0, ge=0, description="save a resumable checkpoint every K steps (0: only at the end)")
     save_final: bool = Field(True, description="checkpoint and export the policy when the run ends")
     keep_checkpoints: int = Field(2, ge=1, description="how many step checkpoints to keep")
+    time_limit_s: float | None = Field(
+        None, gt=0, description="wall-clock limit of the training steps, in seconds (None: none). No step starts that "
+        "would end past it by the longest step so far; the run then checkpoints and exports as after its last step, "
+        "and --resume with a larger limit or none goes on (a job scheduler's time slot, a fixed benchmark budget)"
+    )
     threads: int | Literal["auto"] = Field(
         "auto", description="torch CPU threads per process; auto: OMP_NUM_THREADS when set, else the cores this "
         "process may use divided by the ranks on this machine"

@@ -90,6 +90,35 @@ def _barrier() -> None:
         torch.distributed.barrier()
 
 
+class _TimeLimit:
+    """``run.time_limit_s``: whether another step fits, judged by the longest step so far.
+
+    Every rank takes the same decision (the stop flag is averaged over ranks), so none waits on a
+    collective the others skipped.
+    """
+
+    def __init__(self, limit_s: float | None):
+        self.limit_s = limit_s
+        self.started = time.perf_counter()
+        self.longest = 0.0
+        self._step_t0 = self.started
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def step_started(self) -> None:
+        self._step_t0 = time.perf_counter()
+
+    def step_ended(self) -> None:
+        self.longest = max(self.longest, time.perf_counter() - self._step_t0)
+
+    def no_time_for_another_step(self) -> bool:
+        if self.limit_s is None or self.longest == 0.0:  # the first step always runs: nothing to judge by yet
+            return False
+        stop = float(self.elapsed() + self.longest > self.limit_s)
+        return _all_reduce_mean({"stop": stop})["stop"] > 0
+
+
 class _Run:
     """State of one training run; `train` below is the public entry point."""
 
@@ -426,8 +455,16 @@ class _Run:
                         disable=not (self.progress and self.context.is_main), dynamic_ncols=True)
         metrics: dict[str, float] = {}
         step = start
+        clock = _TimeLimit(cfg.run.time_limit_s)
         try:
             for step in range(start + 1, cfg.run.steps + 1):
+                if clock.no_time_for_another_step():
+                    step -= 1
+                    log.warning("time limit reached: stopping before the planned last step", last_step=step,
+                                planned=cfg.run.steps, time_limit_s=cfg.run.time_limit_s,
+                                elapsed_s=round(clock.elapsed(), 1), longest_step_s=round(clock.longest, 1))
+                    break
+                clock.step_started()
                 metrics, rollout, rewards, adv = self.step(step)
                 metrics = {"step": step, **metrics}
                 if cfg.eval.every and step % cfg.eval.every == 0:
@@ -450,6 +487,7 @@ class _Run:
                              seconds=round(metrics["time/step_s"], 2))
                 if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0 and step < cfg.run.steps:
                     self.save_checkpoint(step, metrics)
+                clock.step_ended()
             bar.close()
             if cfg.run.save_final and step > start:
                 self.save_checkpoint(step, metrics)

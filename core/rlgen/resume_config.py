@@ -28,7 +28,7 @@ log = get_logger("rlgen.resume_config")
 #: one of them: the number of CPU threads changes the order of float sums, so the weights drift.
 #: run.reuse_freed_memory is: it decides where malloc finds memory, and torch aligns every tensor alike.
 HARMLESS = (
-    "run.steps", "run.checkpoint_every", "run.keep_checkpoints", "run.save_final", "run.output_dir",
+    "run.steps", "run.time_limit_s", "run.checkpoint_every", "run.keep_checkpoints", "run.save_final", "run.output_dir",
     "run.cache_dir", "run.reuse_freed_memory", "callbacks", "eval", "validation",
 )
 CHANGES_FILE = "config_changes.json"

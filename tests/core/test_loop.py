@@ -88,6 +88,23 @@ def test_resume_repeats_an_uninterrupted_run(tmp_path, reg):
     assert [strip(m) for m in ma] == [strip(m) for m in mb]
 
 
+def test_a_time_limit_stops_between_steps_saves_and_resume_goes_on(tmp_path, reg):
+    straight = train(load_config(make_config(tmp_path / "a", steps=6)), registry=reg, progress=False)
+
+    cfg = make_config(tmp_path / "b", steps=6)
+    # a limit no second step fits in: the first step always runs, then the loop stops and saves as at its end
+    limited = train(load_config({**cfg, "run": {**cfg["run"], "time_limit_s": 1e-6}}), registry=reg, progress=False)
+    assert limited.last_step == 1 and [m["step"] for m in read_metrics(limited.output_dir)] == [1]
+    assert [p.name for p in (limited.output_dir / "checkpoints").iterdir()] == ["step-000001"]
+    assert (limited.output_dir / "policy" / "model.safetensors").exists()
+    # resumed without the limit, it finishes as if never stopped
+    resumed = train(load_config(cfg), resume=True, registry=reg, progress=False)
+    assert resumed.last_step == 6
+    a = load_file(str(straight.output_dir / "policy" / "model.safetensors"))["logits"]
+    b = load_file(str(resumed.output_dir / "policy" / "model.safetensors"))["logits"]
+    assert torch.equal(a, b)
+
+
 def test_output_folder_is_not_created_when_validation_fails(tmp_path, reg):
     cfg = make_config(tmp_path)
     cfg["rewards"][0]["params"] = {"letter": "a", "colour": "red"}

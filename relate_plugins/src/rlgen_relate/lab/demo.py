@@ -33,6 +33,8 @@ from . import report as rep
 CTCVR_CONTEXT_FIELDS = ("query", "bid_word", "landing_page")
 #: what the demo folder holds; a re-run replaces exactly these
 OWNED = ("data", "logs", "ctcvr", "run", "eval", "plots", "report.md", "demo.json", "ads_before_after.jsonl")
+#: seconds kept for writing plots and report.md when --time-limit-s bounds the demo
+REPORT_RESERVE_S = 20.0
 #: the stages of a demo whose preset has a warm start (7 without: no warm start and no evaluation of it)
 STAGES = 9
 
@@ -266,8 +268,12 @@ def _prepare_folder(out: Path) -> None:
 
 def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, model: str | None = None,
              schedule: Schedule | None = None, seed: int = 0, progress: bool = True,
-             echo: Callable[[str], None] = _echo) -> dict[str, Any]:
-    """Run every stage into ``out`` and write ``report.md``; returns the record also saved as ``demo.json``."""
+             echo: Callable[[str], None] = _echo, time_limit_s: float | None = None) -> dict[str, Any]:
+    """Run every stage into ``out`` and write ``report.md``; returns the record also saved as ``demo.json``.
+
+    ``time_limit_s`` bounds the whole demo's wall time: training gets what the stages before it left, less
+    a reserve for the trained eval and the report, as ``run.time_limit_s`` (it stops between steps).
+    """
     schedule = (schedule or (QUICK if quick else FULL)).replace_given(model=model)
     out = Path(out)
     _prepare_folder(out)
@@ -322,9 +328,17 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, model: str |
             evaluate_policy(raw, str(policy), out / "eval" / "warm_start", baseline=out / "eval" / "base",
                             progress=progress)
 
+    if time_limit_s is not None:
+        # what is left after training: the trained eval, as long as the slowest eval so far, and the report
+        reserve = 1.5 * max(v for k, v in record["seconds"].items() if k.startswith("eval_")) + REPORT_RESERVE_S
+        raw["run"]["time_limit_s"] = max(time_limit_s - (time.perf_counter() - t_start) - reserve, 1.0)
+        echo(f"      --time-limit-s {time_limit_s:g}: training gets {raw['run']['time_limit_s']:.0f} s, "
+             f"{reserve:.0f} s are kept for the trained eval and the report")
     with stage("train", f"training with RELATE for {schedule.steps} steps "
                f"({raw['data']['prompts_per_step']} prompts x G={raw['group_size']} per step)"):
         record["train"] = run = train_policy(raw, progress=progress)
+        if run["steps"] < schedule.steps:
+            echo(f"      stopped by the time limit after {run['steps']} of {schedule.steps} steps")
 
     with stage("eval_trained", "evaluating the trained policy against the base"):
         trained = evaluate_policy(raw, run["policy"], out / "eval" / "trained", baseline=out / "eval" / "base",
@@ -380,6 +394,10 @@ def write_demo_report(out: str | Path) -> Path:
         for i in range(min(len(base.texts), len(trained.texts)))
     ])
     s, cfg = record["schedule"], record["config"]
+    trained_steps = record.get("train", {}).get("steps", s["steps"])
+    steps_done = (str(trained_steps) if trained_steps >= s["steps"] else
+                  f"{trained_steps} (of {s['steps']} planned: stopped by the time limit, "
+                  f"{cfg['run'].get('time_limit_s', 0):.0f} s)")
     rewards = ", ".join(f"{r['name']} (w={r.get('weight', 1.0):g})" for r in cfg["rewards"])
     trainer = cfg["trainer"]["params"]
     secs = record.get("seconds", {})
@@ -435,7 +453,7 @@ Wall time {secs.get('total', 0) / 60:.1f} min ({timing}).
 ```
 
 4. **Base evaluation** of `{s['model']}` (`eval/base/`).
-5. **RELATE training** (`run/`): {s['steps']} steps of {cfg['data']['prompts_per_step']} prompts x G = {cfg['group_size']},
+5. **RELATE training** (`run/`): {steps_done} steps of {cfg['data']['prompts_per_step']} prompts x G = {cfg['group_size']},
    rewards {rewards}; advantage `{cfg['advantage']['name']}` {cfg['advantage'].get('params', {})};
    trainer `{cfg['trainer']['name']}` (lr {trainer.get('learning_rate')}, beta {trainer.get('beta')},
    LoRA {trainer.get('lora') or 'off'}); sampler `{cfg['sampler']['name']}` {cfg['sampler'].get('params', {})}.
@@ -492,7 +510,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         raise SystemExit(f"rlgen-relate demo: --quick and --schedule {args.schedule} ask for two schedules; give one")
     base = SCHEDULES[args.schedule] if args.schedule else (QUICK if args.quick else FULL)
     schedule = base.replace_given(steps=args.steps, eval_contexts=args.eval_contexts)
-    record = run_demo(args.out, model=args.model, schedule=schedule, seed=args.seed, progress=not args.no_progress)
+    record = run_demo(args.out, model=args.model, schedule=schedule, seed=args.seed, progress=not args.no_progress,
+                      time_limit_s=args.time_limit_s)
     return 0 if record.get("status") == "done" else 1
 
 
@@ -511,5 +530,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, help="RELATE training steps (default: the schedule's)")
     p.add_argument("--eval-contexts", type=int, help="eval contexts (default: the schedule's)")
     p.add_argument("--seed", type=int, default=0, help="run seed (training and evaluation sampling)")
+    p.add_argument("--time-limit-s", type=float,
+                   help="wall-clock limit of the whole demo: training stops between steps early enough to leave "
+                        "time for the trained eval and the report (run.time_limit_s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)

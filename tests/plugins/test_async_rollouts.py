@@ -163,6 +163,20 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path, async_rollou
         assert [m["rollout/staleness"] for m in straight.metrics] == [0.0, 1.0, 1.0, 1.0, 1.0]
 
 
+def test_a_run_the_time_limit_stopped_resumes_to_the_uninterrupted_run(tmp_path):
+    straight = train(config(tmp_path, "straight", async_rollouts=1), progress=False)
+    # the limit stops the run after step 1, while the sampler process already samples step 2's rollout
+    stopped = train(config(tmp_path, "stopped", async_rollouts=1, time_limit_s=1e-6), progress=False)
+    assert stopped.last_step == 1
+    manifest = json.loads((tmp_path / "stopped" / "checkpoints" / "step-000001" / "manifest.json").read_text())["files"]
+    assert "rollout/rollout.safetensors" in manifest
+    resumed = train(config(tmp_path, "stopped", async_rollouts=1), resume=True, progress=False)
+    assert [m["step"] for m in resumed.metrics] == [2, 3, 4, 5]
+    for got, want in zip(resumed.metrics, straight.metrics[1:]):
+        assert comparable(got) == comparable(want)
+    assert same_weights(policy(tmp_path / "stopped"), policy(tmp_path / "straight"))
+
+
 def test_switch_on_refuses_several_ranks(tmp_path, monkeypatch):
     # `rlgen train --nproc 2`: refused once, before any rank starts
     yaml_file = tmp_path / "run.yaml"

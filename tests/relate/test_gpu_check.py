@@ -93,3 +93,13 @@ def test_the_archive_takes_reports_and_logs_but_no_weights_or_half_written_files
         listed = tar.extractfile("left_out.txt").read().decode()
     assert names == {"summary.json", "demo/report.md", "demo/plots/rewards.png", "demo/run/metrics.jsonl", "left_out.txt"}
     assert listed.startswith("demo/logs/huge.jsonl (")
+
+
+def test_collect_reports_a_check_that_crashed_at_once_instead_of_waiting(tmp_path: Path) -> None:
+    results, first, second = tmp_path / "results", tmp_path / "out-1", tmp_path / "out-2"
+    t0 = time.perf_counter()
+    assert detach([sys.executable, "-c", "raise SystemExit('no wheels')"], results, first, wait_s=60) == 1
+    # a later call, with only the pid file to go by, says the same without waiting
+    assert collect(results, second, wait_s=60) == 1
+    assert time.perf_counter() - t0 < 30
+    assert "no wheels" in (second / "gpu-check.log").read_text()

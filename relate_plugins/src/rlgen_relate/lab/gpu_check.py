@@ -29,6 +29,7 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from .gpu_carry import CarryError, missing_parts, unpack
 
@@ -243,18 +244,40 @@ def detach(command: list[str], results: Path, out: Path, wait_s: float) -> int:
     shutil.rmtree(results, ignore_errors=True)
     results.mkdir(parents=True)
     with open(results / LOG, "w") as log_file:
-        subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-    log(f"check started in its own session; results in {results}")
-    return collect(results, out, wait_s)
+        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    # beside the results, not in them: the device tool returns at most 8 files
+    pid_file(results).write_text(str(proc.pid))
+    log(f"check started in its own session (pid {proc.pid}); results in {results}")
+    return collect(results, out, wait_s, running=lambda: proc.poll() is None)
 
 
-def collect(results: Path, out: Path, wait_s: float) -> int:
+def pid_file(results: Path) -> Path:
+    return results.with_name(results.name + ".pid")
+
+
+def process_running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, ended but not yet reaped by its parent, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z")
+
+
+def collect(results: Path, out: Path, wait_s: float, running: Callable[[], bool] | None = None) -> int:
     """Wait at most ``wait_s`` for a detached check, then copy its results so far to ``out``.
 
-    Returns the check's exit code when it finished, else 3 (still running: collect again).
+    Returns the check's exit code when it finished, 3 while it still runs (collect again), and 1
+    when it ended without finishing (a crash: its log says why).
     """
+    if running is None:
+        pid = pid_file(results)
+        running = (lambda: process_running(int(pid.read_text()))) if pid.is_file() else (lambda: False)
     deadline = time.monotonic() + wait_s
-    while not (results / DONE).is_file() and time.monotonic() < deadline:
+    while not (results / DONE).is_file() and running() and time.monotonic() < deadline:
         time.sleep(2)
     out.mkdir(parents=True, exist_ok=True)
     if results.resolve() != out.resolve():
@@ -264,6 +287,9 @@ def collect(results: Path, out: Path, wait_s: float) -> int:
     if (results / LOG).is_file():
         print("".join((results / LOG).read_text(errors="replace").splitlines(keepends=True)[-25:]), end="", flush=True)
     if not (results / DONE).is_file():
+        if not running():
+            log(f"the check ended without finishing: see {LOG}")
+            return 1
         log(f"still running after {wait_s:.0f} s: run `python -m rlgen_relate.lab.gpu_check collect` within 30 s")
         return 3
     return int(json.loads((results / DONE).read_text())["rc"])

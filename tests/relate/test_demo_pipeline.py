@@ -131,10 +131,13 @@ def test_whole_pipeline_at_toy_scale(tmp_path):
     assert "| Fluent (no stutter or repeated phrase) |" in report and "no CI: one number per set" not in report
     assert all(f"| {v} |" in report for v in verticals)
 
-    # a second run into the same folder replaces the first instead of failing on its checkpoints
-    again = run_demo(out, schedule=dataclasses.replace(TOY, steps=1), progress=False, echo=lines.append)
-    assert again["status"] == "done"
-    assert len((out / "run" / "metrics.jsonl").read_text().splitlines()) == 1
+    # a second run into the same folder replaces the first instead of failing on its checkpoints; with a time
+    # limit the earlier stages used up, training runs at least one of its 50 steps, stops, and the report says so
+    again = run_demo(out, schedule=dataclasses.replace(TOY, steps=50), progress=False, echo=lines.append,
+                     time_limit_s=1.0)
+    assert again["status"] == "done" and 1 <= again["train"]["steps"] < 50
+    assert len((out / "run" / "metrics.jsonl").read_text().splitlines()) == again["train"]["steps"]
+    assert "of 50 planned: stopped by the time limit" in (out / "report.md").read_text()
 
 
 def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path):

@@ -23,7 +23,10 @@ import torch
 
 from .config import RunConfig
 from .errors import ConfigError
+from .logs import get_logger
 from .loop import train
+
+log = get_logger(__name__)
 
 #: the loop's own phases, in the order a step runs them
 LOOP_PHASES = ("time/sample_s", "time/reward_s", "time/advantage_s", "time/train_s", "time/sync_s")
@@ -81,7 +84,8 @@ def _median(rows: list[dict[str, float]], key: str) -> float:
 
 
 def run_bench(config: RunConfig, *, steps: int = 5, warmup: int = 1, output_dir: Path | None = None) -> BenchResult:
-    """Train ``config`` for ``warmup + steps`` steps (no checkpoints, no export) and summarise the timings."""
+    """Train ``config`` for ``warmup + steps`` steps (no checkpoints, no export, no warm start) and summarise
+    the timings."""
     if steps < 1 or warmup < 0:
         raise ConfigError("rlgen bench: --steps must be at least 1 and --warmup at least 0")
     load = os.getloadavg()
@@ -90,7 +94,13 @@ def run_bench(config: RunConfig, *, steps: int = 5, warmup: int = 1, output_dir:
         run = config.run.model_copy(update={"steps": steps + warmup, "output_dir": str(out), "checkpoint_every": 0,
                                             "save_final": False})
         eval_section = config.eval.model_copy(update={"every": 0})
-        cfg = config.model_copy(update={"run": run, "eval": eval_section})
+        # a warm start is a stage before training, minutes long: the steps it would be timed with start from
+        # model.path instead (point it at RUN/warm_start/policy to time RL from a warm start)
+        if config.warm_start.prompts:
+            log.info("rlgen bench: the config's warm start is not run; the steps start from model.path",
+                     model=config.model.path)
+        warm_start = config.warm_start.model_copy(update={"prompts": 0})
+        cfg = config.model_copy(update={"run": run, "eval": eval_section, "warm_start": warm_start})
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.reset_peak_memory_stats()

@@ -14,7 +14,9 @@ def test_bench_reports_the_median_step_its_split_and_peak_memory(tmp_path):
     out_json = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "rlgen.cli", "bench", str(ROOT / "examples" / "tiny-grpo.yaml"), "--steps", "3",
-         "--warmup", "1", "--json", str(out_json), "--out", str(tmp_path / "run")],
+         "--warmup", "1", "--json", str(out_json), "--out", str(tmp_path / "run"),
+         # a warm start is a stage before training: the bench times steps and does not run it
+         "--set", "warm_start.prompts=2", "--set", "warm_start.accept={}"],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -36,4 +38,5 @@ def test_bench_reports_the_median_step_its_split_and_peak_memory(tmp_path):
         assert sum(r[k] for k in ("time/sample_s", "time/reward_s", "time/advantage_s", "time/train_s", "time/sync_s")) <= r["time/step_s"] * (1 + 1e-9)
     assert sorted(result["step_s"]) == sorted(r["time/step_s"] for r in rows[1:])
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "policy").exists()
+    assert not (tmp_path / "run" / "warm_start").exists() and "warm start is not run" in proc.stdout + proc.stderr
     assert "step  median" in proc.stdout and "load average before" in proc.stdout

@@ -91,7 +91,8 @@ def _barrier() -> None:
 
 
 class _TimeLimit:
-    """``run.time_limit_s``: whether another step fits, judged by the longest step so far.
+    """``run.time_limit_s``: whether another step fits, judged by the longest step so far (asked after a step,
+    so the first step always runs).
 
     Every rank takes the same decision (the stop flag is averaged over ranks), so none waits on a
     collective the others skipped.
@@ -113,7 +114,7 @@ class _TimeLimit:
         self.longest = max(self.longest, time.perf_counter() - self._step_t0)
 
     def no_time_for_another_step(self) -> bool:
-        if self.limit_s is None or self.longest == 0.0:  # the first step always runs: nothing to judge by yet
+        if self.limit_s is None:
             return False
         stop = float(self.elapsed() + self.longest > self.limit_s)
         return _all_reduce_mean({"stop": stop})["stop"] > 0
@@ -458,12 +459,6 @@ class _Run:
         clock = _TimeLimit(cfg.run.time_limit_s)
         try:
             for step in range(start + 1, cfg.run.steps + 1):
-                if clock.no_time_for_another_step():
-                    step -= 1
-                    log.warning("time limit reached: stopping before the planned last step", last_step=step,
-                                planned=cfg.run.steps, time_limit_s=cfg.run.time_limit_s,
-                                elapsed_s=round(clock.elapsed(), 1), longest_step_s=round(clock.longest, 1))
-                    break
                 clock.step_started()
                 metrics, rollout, rewards, adv = self.step(step)
                 metrics = {"step": step, **metrics}
@@ -488,6 +483,11 @@ class _Run:
                 if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0 and step < cfg.run.steps:
                     self.save_checkpoint(step, metrics)
                 clock.step_ended()
+                if step < cfg.run.steps and clock.no_time_for_another_step():
+                    log.warning("time limit reached: stopping before the planned last step", last_step=step,
+                                planned=cfg.run.steps, time_limit_s=cfg.run.time_limit_s,
+                                elapsed_s=round(clock.elapsed(), 1), longest_step_s=round(clock.longest, 1))
+                    break
             bar.close()
             if cfg.run.save_final and step > start:
                 self.save_checkpoint(step, metrics)

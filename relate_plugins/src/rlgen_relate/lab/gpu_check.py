@@ -86,18 +86,21 @@ def stop_group(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             break
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                break
-            proc.poll()  # reaps the leader, which would otherwise stay a zombie in the group
-            time.sleep(0.1)
-        else:
-            continue
-        break
+        if _group_ends_within(proc, wait_s):
+            break
     proc.wait()
+
+
+def _group_ends_within(proc: subprocess.Popen, wait_s: float) -> bool:
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return True
+        proc.poll()  # reaps the leader, which would otherwise stay a zombie in the group
+        time.sleep(0.1)
+    return False
 
 
 def run_stage(name: str, cmd: list[str], env: dict[str, str], work: Path, limit_s: float) -> dict:

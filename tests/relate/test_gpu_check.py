@@ -8,7 +8,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from rlgen_relate.lab.gpu_check import archive, collect, detach, run_stage, without_options
+from rlgen_relate.lab.gpu_check import archive, collect, detach, process_running, run_stage, without_options
 
 # a stage that starts a grandchild (as the bench stage starts `rlgen bench`) and outlives its limit
 SPAWNER = """
@@ -19,16 +19,6 @@ time.sleep(120)
 """
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie has exited; only its parent has not read its status yet
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
-
-
 def test_a_stage_past_its_limit_is_stopped_with_its_children(tmp_path: Path) -> None:
     pid_file = tmp_path / "grandchild.pid"
     t0 = time.perf_counter()
@@ -36,9 +26,9 @@ def test_a_stage_past_its_limit_is_stopped_with_its_children(tmp_path: Path) -> 
     assert result["rc"] == "timeout" and time.perf_counter() - t0 < 30
     grandchild = int(pid_file.read_text())
     deadline = time.monotonic() + 5
-    while alive(grandchild) and time.monotonic() < deadline:
+    while process_running(grandchild) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not alive(grandchild), "the stage's child still runs beside the next stage"
+    assert not process_running(grandchild), "the stage's child still runs beside the next stage"
     assert (tmp_path / "slow.log").exists()
 
 

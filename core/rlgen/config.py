@@ -42,6 +42,10 @@ class DataConfig(_Section):
     system_prompt: str | None = Field(None, description="optional system message before the prompt")
     fields: dict[str, str] = Field(default_factory=dict, description="template/reward field name -> column in the file")
     prompts_per_step: int = Field(4, ge=1, description="prompts per step and rank; the batch is this x group_size")
+    oversample: int = Field(
+        1, ge=1, description="sample this many times prompts_per_step prompts a step and train on the prompts_per_step "
+        "groups whose weighted reward spreads most (dynamic sampling, docs/strategies.md); 1: train on every sample"
+    )
     shuffle: bool = Field(True, description="reshuffle the prompts every epoch (seeded)")
     limit: int | None = Field(None, ge=1, description="use only the first N records")
     max_prompt_tokens: int | None = Field(

@@ -35,6 +35,7 @@ from .config import RunConfig
 from .discovery import Registry
 from .errors import CheckpointError, ConfigError, PluginError, PluginFault, RlgenError
 from .evaluate import evaluate_policy
+from .group_selection import most_spread_groups, weighted_total
 from .interfaces import Plugin, RewardProvider
 from .resume_config import check_resume_config
 from .rollout_store import load_rollout, save_rollout
@@ -303,6 +304,13 @@ class _Run:
             async_metrics["time/publish_s"] = time.perf_counter() - tick
         t1 = time.perf_counter()
         rewards = self.score(rollout, step)
+        # the reward metrics describe what the policy sampled; the trainer may learn from a selection of it
+        sampled, sampled_rewards = rollout, rewards
+        selection: dict[str, float] = {}
+        if self.config.data.oversample > 1:
+            rows, selection = most_spread_groups(rollout, rewards, self.weights, self.config.data.prompts_per_step)
+            rollout = rollout.select(rows)
+            rewards = {key: result.select(rows) for key, result in rewards.items()}
         t2 = time.perf_counter()
         with self.blame("advantage", self.advantage.name, "combine", step):
             adv = self.advantage.combine(rollout, rewards, self.weights)
@@ -317,18 +325,16 @@ class _Run:
                 sync_metrics = self.sampler.sync_weights(self.trainer) or {}
         t5 = time.perf_counter()
 
-        mask = rollout.completion_mask
+        mask = sampled.completion_mask
         local: dict[str, float] = {}
-        total = torch.zeros(rollout.batch_size)
-        for key, res in rewards.items():
-            per_sample = res.to_sentence(mask)
-            total += self.weights[key] * per_sample
-            local[f"reward/{key}/mean"] = float(per_sample.mean())
+        for key, res in sampled_rewards.items():
+            local[f"reward/{key}/mean"] = float(res.to_sentence(mask).mean())
             for mk, mv in res.metrics.items():
                 local[f"reward/{key}/{mk}"] = float(mv)
-        local["reward/total/mean"] = float(total.mean())
+        local["reward/total/mean"] = float(weighted_total(sampled, sampled_rewards, self.weights).mean())
         local["completion/tokens_mean"] = float(mask.sum(1).float().mean())
-        local["advantage/abs_mean"] = float(adv.abs().sum() / mask.sum().clamp(min=1))
+        local["advantage/abs_mean"] = float(adv.abs().sum() / rollout.completion_mask.sum().clamp(min=1))
+        local.update({f"data/{k}": v for k, v in selection.items()})
         local.update({f"advantage/{k}": float(v) for k, v in self.advantage.metrics().items()})
         metrics = _all_reduce_mean(local)
         metrics.update({f"trainer/{k}": float(v) for k, v in trainer_metrics.items()})

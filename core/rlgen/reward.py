@@ -46,6 +46,13 @@ class RewardResult:
             return (self.values * mask.to(self.values.dtype)).sum(dim=1)
         return self.values.sum(dim=1)
 
+    def select(self, rows: list[int]) -> "RewardResult":
+        """The values and details of the samples at ``rows``, in that order (as :meth:`Rollout.select`); the
+        batch-level ``metrics`` stay those of the batch the reward scored."""
+        index = torch.as_tensor(rows, dtype=torch.long)
+        details = None if self.details is None else [self.details[i] for i in rows]
+        return replace(self, values=self.values[index], details=details)
+
 
 def check_reward_result(result: Any, *, plugin: str, granularity: str, rollout: Rollout) -> RewardResult:
     """Validate a provider's result against the rollout; return it with granularity set.

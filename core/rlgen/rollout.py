@@ -138,7 +138,8 @@ class Rollout:
         """The samples at ``rows``, in that order, with their groups renumbered 0.. by first appearance.
 
         Every per-sample field is kept; ``logprobs`` too, so a selection of a fresh rollout is still
-        on-policy. ``extras`` are per-batch and not carried over."""
+        on-policy. Of ``extras``, lists with one entry per sample (a sampler's ``finish_reason``) are
+        selected the same way; the others describe the whole batch and are not carried over."""
         index = torch.as_tensor(list(rows), dtype=torch.long)
         firsts: dict[int, int] = {}
         group = torch.tensor([firsts.setdefault(int(g), len(firsts)) for g in self.group[index]], dtype=torch.long)
@@ -154,6 +155,8 @@ class Rollout:
             meta=None if self.meta is None else [self.meta[i] for i in index.tolist()],
             token_offsets=take(self.token_offsets), logprobs=take(self.logprobs), temperature=self.temperature,
             staleness=self.staleness,
+            extras={key: [value[i] for i in index.tolist()] for key, value in self.extras.items()
+                    if isinstance(value, list) and len(value) == self.batch_size},
         )
 
     @classmethod

@@ -153,6 +153,21 @@ def test_select_keeps_rows_in_order_and_renumbers_groups():
     assert s.logprobs.equal(r.logprobs[[3, 1, 0]]) and s.temperature == 0.7
 
 
+def test_select_carries_per_sample_extras_and_drops_per_batch_ones():
+    r = _with_prompts(["aa", "bbb", "c"], [0, 0, 1], 3, [3, 3, 2])
+    r.extras = {"finish_reason": ["eos", "length", "stop"], "engine": "hf", "pair": [1, 2]}
+    assert r.select([2, 0]).extras == {"finish_reason": ["stop", "eos"]}
+
+
+def test_reward_result_select_takes_values_and_details_of_the_rows():
+    token = rlgen.RewardResult(values=torch.arange(6.0).view(3, 2), details=[{"i": 0}, {"i": 1}, {"i": 2}],
+                               metrics={"rate": 0.5}, granularity="token")
+    s = token.select([2, 0])
+    assert s.values.tolist() == [[4.0, 5.0], [0.0, 1.0]] and s.details == [{"i": 2}, {"i": 0}]
+    assert s.metrics == {"rate": 0.5} and s.granularity == "token"
+    assert rlgen.RewardResult(values=torch.tensor([1.0, 2.0])).select([1]).values.tolist() == [2.0]
+
+
 def test_concat_repads_completions_right_and_prompts_left():
     a = _with_prompts(["ab", "c"], [0, 1], 2, [2, 1])
     b = _with_prompts(["dcbad"], [0], 4, [3])

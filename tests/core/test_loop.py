@@ -65,10 +65,16 @@ def test_training_raises_the_reward_and_writes_the_run_folder(tmp_path, reg):
     assert events[-2:] == ["checkpoint 25 step-000025", "end 25"]
 
 
-def test_resume_repeats_an_uninterrupted_run(tmp_path, reg):
-    straight = train(load_config(make_config(tmp_path / "a", steps=8)), registry=reg, progress=False)
+@pytest.mark.parametrize("oversample", [1, 2])
+def test_resume_repeats_an_uninterrupted_run(tmp_path, reg, oversample):
+    def make(path, **run):
+        cfg = make_config(path, **run)
+        cfg["data"]["oversample"] = oversample
+        return cfg
 
-    cfg = make_config(tmp_path / "b", steps=8, checkpoint_every=3)
+    straight = train(load_config(make(tmp_path / "a", steps=8)), registry=reg, progress=False)
+
+    cfg = make(tmp_path / "b", steps=8, checkpoint_every=3)
     # a run killed after step 5: it checkpointed at 3 only
     train(load_config({**cfg, "run": {**cfg["run"], "steps": 5, "save_final": False}}), registry=reg, progress=False)
     run_dir = Path(cfg["run"]["output_dir"])
@@ -86,6 +92,23 @@ def test_resume_repeats_an_uninterrupted_run(tmp_path, reg):
     assert [m["step"] for m in mb] == list(range(1, 9))
     strip = lambda m: {k: v for k, v in m.items() if not k.startswith("time/") and not k.startswith("sampler/")}  # noqa: E731
     assert [strip(m) for m in ma] == [strip(m) for m in mb]
+
+
+def test_oversampling_trains_on_the_groups_whose_reward_spreads_most(tmp_path, reg):
+    cfg = make_config(tmp_path, steps=25)
+    cfg["data"]["oversample"] = 2
+    metrics = read_metrics(train(load_config(cfg), registry=reg, progress=False).output_dir)
+    for m in metrics:
+        # 6 prompts sampled, the 3 most spread groups of 4 trained on
+        assert m["data/groups_sampled"] == 6 and m["trainer/rows"] == 12
+        assert m["data/kept_spread_mean"] >= m["data/dropped_spread_mean"]
+    assert any(m["data/kept_spread_mean"] > m["data/dropped_spread_mean"] for m in metrics)
+    first = sum(m["reward/toy.count/mean"] for m in metrics[:5]) / 5
+    last = sum(m["reward/toy.count/mean"] for m in metrics[-5:]) / 5
+    assert last > first + 1.0, (first, last)
+    plain = read_metrics(train(load_config(make_config(tmp_path / "plain", steps=2)), registry=reg,
+                               progress=False).output_dir)
+    assert plain[0]["trainer/rows"] == 12 and "data/groups_sampled" not in plain[0]
 
 
 def test_a_time_limit_stops_between_steps_saves_and_resume_goes_on(tmp_path, reg):

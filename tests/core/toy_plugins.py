@@ -109,7 +109,7 @@ class ToyTrainer(rlgen.Trainer):
         loss.backward()
         self.opt.step()
         self.steps += 1
-        return {"loss": loss.item(), "optimizer_steps": float(self.steps)}
+        return {"loss": loss.item(), "optimizer_steps": float(self.steps), "rows": float(rollout.batch_size)}
 
     def save_checkpoint(self, directory: Path) -> None:
         save_file({"logits": self.policy.logits.detach().clone()}, str(directory / "policy.safetensors"))

@@ -80,7 +80,7 @@ def compliance(texts: list[str], meta: list[dict[str, Any]], config: Any) -> tup
 def diversity_scores(texts: list[str], meta: list[dict[str, Any]], group: list[int], config: Any) -> list[float]:
     """Eq. 12 per ad, in [0, 1]: 1 - share of the ad's words that the training diversity reward penalises.
 
-    The reward sees the evaluation set the way training feeds it: ``data.prompts_per_step`` contexts per batch
+    The reward sees the evaluation set the way training scores it: ``data.prompts_per_step`` x ``data.oversample`` contexts per batch
     (with all their samples), in order, with its window of past batches. So an n-gram is frequent when it recurs
     across as many prompts as it must during training. Scored as one batch, the reward's threshold (a share of
     the prompts present) would grow with the set and hardly any n-gram of a 100-context set would reach it.
@@ -88,7 +88,7 @@ def diversity_scores(texts: list[str], meta: list[dict[str, Any]], group: list[i
     # fresh: only the evaluation set defines what is frequent
     reward = _configured(config, DiversityReward, log_frequent=False)
     data = getattr(config, "data", None)
-    per_batch = getattr(data, "prompts_per_step", None) or len(set(group)) or 1
+    per_batch = (getattr(data, "prompts_per_step", None) or len(set(group)) or 1) * getattr(data, "oversample", 1)
     contexts = list(dict.fromkeys(group))  # in order of first appearance
     scores = [1.0] * len(texts)
     for start in range(0, len(contexts), per_batch):

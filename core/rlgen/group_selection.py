@@ -1,0 +1,50 @@
+"""Dynamic sampling: which of an oversampled step's groups the trainer learns from.
+
+GRPO learns only where a group's completions differ: a group whose rewards are all alike gets a zero
+group-relative advantage (Eq. 8) and costs a forward and backward pass for nothing. Once a policy
+passes most checks, most groups are alike, and the few failing completions a step holds are all it
+learns from. DAPO samples more prompts and drops groups whose outcomes all agree; with rewards on a
+continuous scale "agree" becomes "spread little", so ``data.oversample: k`` samples ``k`` times the
+step's prompts and the loop keeps the ``prompts_per_step`` groups whose weighted reward spreads most.
+Sampling costs ``k`` times as much; the update costs what it did.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .reward import RewardResult
+from .rollout import Rollout
+
+
+def weighted_total(rollout: Rollout, rewards: dict[str, RewardResult], weights: dict[str, float]) -> torch.Tensor:
+    """Each sample's weighted reward [B], Eq. 2, with token-level rewards summed over its tokens (Eq. 4)."""
+    total = torch.zeros(rollout.batch_size)
+    for key, result in rewards.items():
+        total += weights[key] * result.to_sentence(rollout.completion_mask)
+    return total
+
+
+def most_spread_groups(
+    rollout: Rollout, rewards: dict[str, RewardResult], weights: dict[str, float], keep: int
+) -> tuple[list[int], dict[str, float]]:
+    """Rows of the ``keep`` groups whose weighted reward has the largest standard deviation.
+
+    Groups are ranked by that spread, ties by their order in the rollout; the rows come back in
+    rollout order, so the kept batch is laid out as a sampled one. Returns the rows and metrics: the
+    mean spread of the kept and of the dropped groups.
+    """
+    total = weighted_total(rollout, rewards, weights)
+    groups = list(dict.fromkeys(rollout.group.tolist()))  # in order of first appearance
+    members = {g: [i for i, x in enumerate(rollout.group.tolist()) if x == g] for g in groups}
+    spread = {g: float(total[rows].std(unbiased=False)) for g, rows in members.items()}
+    ranked = sorted(groups, key=lambda g: -spread[g])  # stable: ties keep rollout order
+    kept = set(ranked[:keep])
+    rows = sorted(i for g in kept for i in members[g])
+    dropped = [spread[g] for g in groups if g not in kept]
+    metrics = {
+        "groups_sampled": float(len(groups)),
+        "kept_spread_mean": sum(spread[g] for g in kept) / max(len(kept), 1),
+        "dropped_spread_mean": sum(dropped) / len(dropped) if dropped else 0.0,
+    }
+    return rows, metrics

@@ -37,6 +37,7 @@ import rlgen
 
 from rlgen_plugins.rewards import RepetitionReward
 
+from .rewards.contradiction import ContradictionReward
 from .rewards.diversity import DiversityReward
 from .rewards.format import FormatReward
 from .rewards.risk import RiskReward
@@ -107,6 +108,12 @@ def fluent_scores(texts: list[str], config: Any) -> list[float]:
     """Per ad: 1 when the ``repetition`` reward finds no stutter and no repeated phrase in it, else 0."""
     finder = _configured(config, RepetitionReward)
     return [0.0 if finder.find_repeats(t) else 1.0 for t in texts]  # type: ignore[attr-defined]
+
+
+def consistent_scores(texts: list[str], meta: list[dict[str, Any]], config: Any) -> list[float]:
+    """Per ad: 1 when ``relate.contradiction`` finds no clause denying what the ad or the advertiser asserts, else 0."""
+    finder = _configured(config, ContradictionReward)
+    return [0.0 if finder.contradictions(t, m) else 1.0 for t, m in zip(texts, meta)]  # type: ignore[attr-defined]
 
 
 def without_labels(texts: list[str], config: Any) -> list[str]:
@@ -251,6 +258,7 @@ def rlgen_eval_metrics(texts, meta, group, config):
         "relate/format_pass_rate": format_ok,
         "relate/risk_pass_rate": risk_ok,
         "relate/fluent_rate": fluent_scores(texts, config),
+        "relate/consistent_rate": consistent_scores(texts, meta, config),
         "relate/diversity": diversity_scores(texts, meta, group, config),
         "relate/distinct_2": {"values": distinct, "weights": distinct_w},
         "relate/self_bleu": {"values": bleu, "weights": bleu_w},

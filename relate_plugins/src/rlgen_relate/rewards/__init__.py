@@ -2,7 +2,8 @@
 
 Sentence-level: ``relate.length``, ``relate.format``, ``relate.relevance``, ``relate.correctness``.
 Token-level (paper Eq. 5): ``relate.risk`` (blacklisted phrases), ``relate.diversity`` (frequent n-grams), and
-``relate.overflow`` (the characters of a field past its limit: the structural rule with the credit on its cause).
+``relate.overflow`` (the characters of a field past its limit: the structural rule with the credit on its cause),
+``relate.contradiction`` (a clause denying what the ad or the advertiser asserts: "Free repair. No repair included.").
 ``relate.ctcvr`` lives with its model in :mod:`rlgen_relate.ctcvr`.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import rlgen
 
+from .contradiction import ContradictionReward
 from .correctness import CorrectnessReward
 from .diversity import DiversityReward
 from .format import FormatReward
@@ -26,6 +28,7 @@ PROVIDERS: list[type[rlgen.RewardProvider]] = [
     CorrectnessReward,
     RiskReward,
     DiversityReward,
+    ContradictionReward,
 ]
 
 
@@ -35,6 +38,7 @@ def rlgen_reward_providers() -> list[type[rlgen.RewardProvider]]:
 
 
 __all__ = [
+    "ContradictionReward",
     "CorrectnessReward",
     "DiversityReward",
     "FormatReward",

@@ -114,7 +114,7 @@ def run_bench(config: RunConfig, *, steps: int = 5, warmup: int = 1, output_dir:
     step_times = [float(r["time/step_s"]) for r in rows]
     tokens = statistics.mean(float(r["completion/tokens_mean"]) for r in rows)
     median_step = statistics.median(step_times)
-    batch = config.data.prompts_per_step * config.data.oversample * config.group_size  # completions sampled a step
+    batch = config.data.sampled_prompts_per_step * config.group_size  # completions sampled a step
     return BenchResult(
         config=config.origin, steps=steps, warmup=warmup, threads=torch.get_num_threads(), load_average=load,
         step_s_median=median_step, step_s_min=min(step_times), step_s_max=max(step_times),

@@ -56,6 +56,11 @@ class DataConfig(_Section):
         "skip (dropped, with a count), truncate (their first tokens dropped, keeping the end the model answers)"
     )
 
+    @property
+    def sampled_prompts_per_step(self) -> int:
+        """Prompts sampled per step and rank: ``prompts_per_step`` of them are trained on."""
+        return self.prompts_per_step * self.oversample
+
 
 class PluginRef(_Section):
     name: str = Field(..., description="registered plugin name (see `rlgen plugins`)")

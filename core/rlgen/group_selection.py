@@ -35,8 +35,10 @@ def most_spread_groups(
     mean spread of the kept and of the dropped groups.
     """
     total = weighted_total(rollout, rewards, weights)
-    groups = list(dict.fromkeys(rollout.group.tolist()))  # in order of first appearance
-    members = {g: [i for i, x in enumerate(rollout.group.tolist()) if x == g] for g in groups}
+    members: dict[int, list[int]] = {}  # group -> its rows, groups in order of first appearance
+    for row, g in enumerate(rollout.group.tolist()):
+        members.setdefault(g, []).append(row)
+    groups = list(members)
     spread = {g: float(total[rows].std(unbiased=False)) for g, rows in members.items()}
     ranked = sorted(groups, key=lambda g: -spread[g])  # stable: ties keep rollout order
     kept = set(ranked[:keep])

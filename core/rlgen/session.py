@@ -54,7 +54,7 @@ def build_prompt_source(config: RunConfig, registry: Registry) -> PromptSource:
     if data.limit:
         rows = rows[: data.limit]
     records = rename_fields(path, rows, fields)
-    return PromptSource(records, template, data.prompts_per_step * data.oversample, config.run.seed, system_prompt, data.shuffle,
+    return PromptSource(records, template, data.sampled_prompts_per_step, config.run.seed, system_prompt, data.shuffle,
                         origin=str(path), lines=[line for line, _ in rows])
 
 

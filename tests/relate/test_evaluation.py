@@ -76,8 +76,8 @@ def test_hook_only_speaks_for_relate_runs():
     out = evaluation.rlgen_eval_metrics(texts=[GOOD, RISKY], meta=[{}, {}], group=[0, 1], config=config())
     assert out["relate/compliance_rate"] == [1.0, 0.0]
     assert set(out) == {"relate/compliance_rate", "relate/format_pass_rate", "relate/risk_pass_rate",
-                        "relate/fluent_rate", "relate/consistent_rate", "relate/diversity", "relate/distinct_2",
-                        "relate/self_bleu"}
+                        "relate/fluent_rate", "relate/consistent_rate", "relate/factual_rate", "relate/diversity",
+                        "relate/distinct_2", "relate/self_bleu"}
 
 
 def test_consistent_rate_marks_an_ad_that_denies_the_advertisers_fact():
@@ -86,6 +86,15 @@ def test_consistent_rate_marks_an_ad_that_denies_the_advertisers_fact():
            "Title: Urgent Care\nDescription: Self-pay visits from $139. No parking."]
     out = evaluation.rlgen_eval_metrics(texts=ads, meta=[facts, facts], group=[0, 1], config=config())
     assert out["relate/consistent_rate"] == [1.0, 0.0]
+
+
+def test_factual_rate_marks_an_offer_the_advertiser_does_not_make():
+    facts = {"bid_word": "transmission repair", "selling_points": ["Free transmission diagnostic", "Rebuilds from $1,200"]}
+    ads = ["Title: Transmission Repair\nDescription: Free transmission diagnostic. Rebuilds from $1,200.",
+           "Title: Transmission Repair\nDescription: Free transmission repair. Rebuilds from $1,200.",
+           "Title: Transmission Repair\nDescription: Free transmission diagnostic. Rebuilds from $900."]
+    out = evaluation.rlgen_eval_metrics(texts=ads, meta=[facts] * 3, group=[0, 1, 2], config=config())
+    assert out["relate/factual_rate"] == [1.0, 0.0, 0.0]
 
 
 def test_diversity_sees_the_set_in_training_sized_batches():  # Eq. 12

@@ -54,6 +54,7 @@ def run(provider, tok, texts, meta=None):
         ("Our leaves are brewed in Japan by TeaCo", [("entity", "Japan")]),  # TeaCo is in the context
         ("Pairs well with the iPhone15", [("entity", "iPhone15")]),
         ("Great Green Tea For Everyone", []),  # title case is style, not names
+        ("Ships worldwide; No minimum order", []),  # a clause after ";" starts with a capital as a sentence does
         # dots grouping thousands (a policy wrote this mid-training): a number, not a crash
         ("Funded 202.894.912 loans", [("number", "202.894.912")]),
     ],
@@ -63,6 +64,34 @@ def test_rule_checker(ad, unsupported):
     context = "\n".join([CONTEXT["query"], "; ".join(CONTEXT["selling_points"]), CONTEXT["landing_page"]])
     bad, _ = p.unsupported_claims(ad, context)
     assert [(b["kind"], b["text"]) for b in bad] == unsupported
+
+
+TRANSMISSION = ("transmission repair\nFree transmission diagnostic; Free towing within 15 miles for repairs; "
+                "Rebuilds with a 3-year unlimited-mile warranty; Free consultation and test drive")
+
+
+@pytest.mark.parametrize(
+    ("ad", "offers"),
+    [
+        ("Free transmission repair. Free towing within 15 miles.", ["Free transmission repair"]),
+        ("Free diagnostics and free towing for repairs", []),  # plural, and "for" ends the phrase
+        ("Get free transmission diagnostics today", []),
+        ("Complimentary towing", []),
+        ("Free Consult on every rebuild", []),  # "consult" cites "consultation"
+        ("Free 3-year unlimited repair available.", ["Free 3-year unlimited repair"]),  # the number is not a word
+        ("Interest-free rebuilds", []),  # a "-free" compound offers nothing
+        ("Free. Call now", []),  # a bare "Free" needs some free offer: there is one
+        ("Free parking at the shop", ["Free parking"]),
+    ],
+)
+def test_free_offers_need_the_same_offer_in_one_fact(ad, offers):
+    bad, _ = CorrectnessReward().unsupported_claims(ad, TRANSMISSION)
+    assert [b["text"] for b in bad if b["kind"] == "offer"] == offers
+
+
+def test_a_bare_free_needs_a_free_offer_somewhere():
+    bad, _ = CorrectnessReward().unsupported_claims("Free of any charge.", "Meals from $8.99 per serving")
+    assert bad == [{"kind": "offer", "text": "Free"}]
 
 
 def test_guarantees_need_a_guarantee_in_the_context(tok):

@@ -37,7 +37,9 @@ import rlgen
 
 from rlgen_plugins.rewards import RepetitionReward
 
+from .rewards._text import context_text
 from .rewards.contradiction import ContradictionReward
+from .rewards.correctness import CorrectnessReward
 from .rewards.diversity import DiversityReward
 from .rewards.format import FormatReward
 from .rewards.risk import RiskReward
@@ -114,6 +116,15 @@ def consistent_scores(texts: list[str], meta: list[dict[str, Any]], config: Any)
     """Per ad: 1 when ``relate.contradiction`` finds no clause denying what the ad or the advertiser asserts, else 0."""
     finder = _configured(config, ContradictionReward)
     return [0.0 if finder.contradictions(t, m) else 1.0 for t, m in zip(texts, meta)]  # type: ignore[attr-defined]
+
+
+def factual_scores(texts: list[str], meta: list[dict[str, Any]], config: Any) -> list[float]:
+    """Per ad: 1 when the rule checker of ``relate.correctness`` (the run's evidence fields and claim kinds) finds
+    no claim the ad's context does not support ("Free transmission repair." where the diagnostic is free), else 0."""
+    checker = _configured(config, CorrectnessReward, backend="rules")
+    fields = checker.params.context_fields  # type: ignore[attr-defined]
+    return [0.0 if checker.unsupported_claims(t, context_text(m, fields))[0] else 1.0  # type: ignore[attr-defined]
+            for t, m in zip(texts, meta)]
 
 
 def without_labels(texts: list[str], config: Any) -> list[str]:
@@ -259,6 +270,7 @@ def rlgen_eval_metrics(texts, meta, group, config):
         "relate/risk_pass_rate": risk_ok,
         "relate/fluent_rate": fluent_scores(texts, config),
         "relate/consistent_rate": consistent_scores(texts, meta, config),
+        "relate/factual_rate": factual_scores(texts, meta, config),
         "relate/diversity": diversity_scores(texts, meta, group, config),
         "relate/distinct_2": {"values": distinct, "weights": distinct_w},
         "relate/self_bleu": {"values": bleu, "weights": bleu_w},

@@ -3,7 +3,8 @@
 Sentence-level: ``relate.length``, ``relate.format``, ``relate.relevance``, ``relate.correctness``.
 Token-level (paper Eq. 5): ``relate.risk`` (blacklisted phrases), ``relate.diversity`` (frequent n-grams), and
 ``relate.overflow`` (the characters of a field past its limit: the structural rule with the credit on its cause),
-``relate.contradiction`` (a clause denying what the ad or the advertiser asserts: "Free repair. No repair included.").
+``relate.contradiction`` (a clause denying what the ad or the advertiser asserts: "Free repair. No repair included."),
+``relate.claims`` (``relate.correctness``'s unsupported claims, with the penalty on the claim's own words).
 ``relate.ctcvr`` lives with its model in :mod:`rlgen_relate.ctcvr`.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import rlgen
 
+from .claims import ClaimsReward
 from .contradiction import ContradictionReward
 from .correctness import CorrectnessReward
 from .diversity import DiversityReward
@@ -29,6 +31,7 @@ PROVIDERS: list[type[rlgen.RewardProvider]] = [
     RiskReward,
     DiversityReward,
     ContradictionReward,
+    ClaimsReward,
 ]
 
 
@@ -38,6 +41,7 @@ def rlgen_reward_providers() -> list[type[rlgen.RewardProvider]]:
 
 
 __all__ = [
+    "ClaimsReward",
     "ContradictionReward",
     "CorrectnessReward",
     "DiversityReward",

@@ -1,4 +1,4 @@
-"""Text helpers shared by the RELATE rewards: CJK handling, offset-preserving normalisation, hashed units.
+"""Text helpers shared by the RELATE rewards: CJK handling, offset-preserving normalisation, clauses, hashed units.
 
 Rewards match on a normalised text (NFKC + case folding, so "ＢＥＳＴ" and "Best" both hit "best") but must
 report character spans of the *original* completion, because those spans are mapped to tokens through the
@@ -107,6 +107,46 @@ def context_text(meta: dict[str, Any] | None, fields: Sequence[str], separator: 
         return ""
     parts = [field_text(meta.get(f)) for f in fields]
     return separator.join(p for p in parts if p.strip())
+
+
+# -- clauses and lemmas (English) ---------------------------------------------------------------------------------
+
+_CLAUSE_WORD = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*")
+_FREE_OF = re.compile(r"-free\b", re.IGNORECASE)  # "interest-free" says there is no interest
+_CLAUSE_END = re.compile(r"[.;:!?,\n]|\b(?:and|but)\b", re.IGNORECASE)
+
+Word = tuple[str, int, int]  # (lemma, start, end) in the original text
+
+
+def lemma(word: str) -> str:
+    """``word`` case-folded, with a plural "s"/"es"/"ies" removed: "repairs" and "Repair" match."""
+    w = word.casefold().replace("\u2019", "'")
+    if len(w) > 4 and w.endswith("ies"):
+        return w[:-3] + "y"
+    if len(w) > 4 and w.endswith(("ses", "xes", "ches", "shes")):
+        return w[:-2]
+    if len(w) > 3 and w.endswith("s") and not w.endswith("ss"):
+        return w[:-1]
+    return w
+
+
+def clauses(text: str) -> list[list[Word]]:
+    """The clauses of ``text`` (cut at punctuation, a line break, "and", "but"), each as its words' lemmas and spans.
+
+    A word right before "-free" gets a leading "-" so that it equals no plain word: "interest-free" asserts that
+    there is no interest. The "free" of such a compound is a word of its own, right after a hyphen.
+    """
+    out: list[list[Word]] = [[]]
+    cut = [m.start() for m in _CLAUSE_END.finditer(text)]
+    for m in _CLAUSE_WORD.finditer(text):
+        while cut and cut[0] < m.start():
+            cut.pop(0)
+            out.append([])
+        word = lemma(m.group())
+        if _FREE_OF.match(text, m.end()):
+            word = "-" + word
+        out[-1].append((word, m.start(), m.end()))
+    return [c for c in out if c]
 
 
 # -- hashed units -----------------------------------------------------------------------------------------------

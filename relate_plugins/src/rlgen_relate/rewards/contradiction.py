@@ -21,7 +21,6 @@ clause that contradicts, not the claims it contradicts. English only: other scri
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
@@ -29,7 +28,7 @@ from pydantic import Field
 
 import rlgen
 
-from ._text import context_text
+from ._text import Word, clauses, context_text, lemma
 
 NEGATIONS = ["no", "not", "without", "never", "none", "nothing", "nor", "cannot", "can't", "don't", "doesn't",
              "isn't", "aren't", "won't", "wasn't"]
@@ -39,22 +38,6 @@ NEUTRAL = ["a", "an", "the", "of", "for", "to", "in", "on", "at", "by", "per", "
            "our", "we", "us", "it", "its", "this", "that", "is", "are", "be", "any", "more", "longer", "extra",
            "just", "only", "all", "included", "include", "includes", "available", "required", "requires", "require",
            "needed", "need", "necessary", "offered", "offer", "offers", "provided", "allowed", "have", "has", "get"]
-
-_WORD = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*")
-_FREE_OF = re.compile(r"-free\b", re.IGNORECASE)  # "interest-free" says there is no interest
-_CLAUSE_END = re.compile(r"[.;:!?,\n]|\b(?:and|but)\b", re.IGNORECASE)
-
-
-def _lemma(word: str) -> str:
-    w = word.casefold().replace("\u2019", "'")
-    if len(w) > 4 and w.endswith("ies"):
-        return w[:-3] + "y"
-    if len(w) > 4 and w.endswith(("ses", "xes", "ches", "shes")):
-        return w[:-2]
-    if len(w) > 3 and w.endswith("s") and not w.endswith("ss"):
-        return w[:-1]
-    return w
-
 
 class ContradictionReward(rlgen.RewardProvider):
     name = "relate.contradiction"
@@ -77,24 +60,10 @@ class ContradictionReward(rlgen.RewardProvider):
 
     def __init__(self, params: rlgen.Params | None = None) -> None:
         super().__init__(params)
-        self._negations = {_lemma(w) for w in self.params.negations}
-        self._neutral = {_lemma(w) for w in self.params.neutral}
+        self._negations = {lemma(w) for w in self.params.negations}
+        self._neutral = {lemma(w) for w in self.params.neutral}
 
-    def _clauses(self, text: str) -> list[list[tuple[str, int, int]]]:
-        """Per clause, its words as ``(lemma, start, end)``."""
-        clauses: list[list[tuple[str, int, int]]] = [[]]
-        cut = [m.start() for m in _CLAUSE_END.finditer(text)]
-        for m in _WORD.finditer(text):
-            while cut and cut[0] < m.start():
-                cut.pop(0)
-                clauses.append([])
-            word = _lemma(m.group())
-            if _FREE_OF.match(text, m.end()):
-                word = "-" + word  # a word no other can equal: "interest-free" asserts no interest
-            clauses[-1].append((word, m.start(), m.end()))
-        return [c for c in clauses if c]
-
-    def _scopes(self, clause: list[tuple[str, int, int]]) -> list[tuple[int, int]]:
+    def _scopes(self, clause: list[Word]) -> list[tuple[int, int]]:
         """Word index ranges ``[first, last)`` of each negation and the words it denies."""
         out = []
         for i, (word, _, _) in enumerate(clause):
@@ -105,21 +74,21 @@ class ContradictionReward(rlgen.RewardProvider):
     def asserted(self, meta: dict[str, Any] | None) -> set[str]:
         """The words of the advertiser's clauses (``context_fields``) that negate nothing."""
         words: set[str] = set()
-        for clause in self._clauses(context_text(meta, self.params.context_fields)):
+        for clause in clauses(context_text(meta, self.params.context_fields)):
             if not self._scopes(clause):
                 words.update(w for w, _, _ in clause)
         return words
 
     def contradictions(self, text: str, meta: dict[str, Any] | None = None) -> list[tuple[int, int]]:
         """Character spans ``(start, end)`` of the negations in ``text`` that deny only asserted words."""
-        clauses = self._clauses(text)
-        scoped = [self._scopes(c) for c in clauses]
+        parts = clauses(text)
+        scoped = [self._scopes(c) for c in parts]
         asserted = self.asserted(meta)
-        for clause, scopes in zip(clauses, scoped):
+        for clause, scopes in zip(parts, scoped):
             inside = {j for first, last in scopes for j in range(first, last)}
             asserted.update(w for j, (w, _, _) in enumerate(clause) if j not in inside)
         spans = []
-        for clause, scopes in zip(clauses, scoped):
+        for clause, scopes in zip(parts, scoped):
             for first, last in scopes:
                 denied = [w for w, _, _ in clause[first + 1 : last]
                           if w not in self._negations and w not in self._neutral and not any(ch.isdigit() for ch in w)]

@@ -12,7 +12,13 @@ supported by the context (selling points, landing page, query, bid word; configu
 - ``guarantee`` (guarantee, warranty, refund, 保修, 退款, ... from ``lexicons/guarantees.txt``): the context
   promises some guarantee too;
 - ``entity`` (English only): brand-like words (iPhone, PlayStation), model codes (X200) and capitalised words
-  inside a sentence of a text that is not in title case; supported when the context contains the same string.
+  inside a sentence of a text that is not in title case; supported when the context contains the same string;
+- ``offer`` (English only): "free" or "complimentary" and the noun phrase after it ("Free transmission repair",
+  up to three words, up to a preposition or the clause's end); supported when one clause of the context offers
+  something free too and names every content word of that phrase ("Free transmission diagnostic" supports "Free
+  diagnostics", not "Free transmission repair"). A bare "Free." needs some free offer in the context. An
+  advertiser's facts rarely say what is free in other words, and a free offer the advertiser does not make is
+  the misleading claim review rejects first.
 
 Each unsupported claim costs ``penalty_per_claim``, capped at ``max_penalty``; the details list them by kind.
 
@@ -23,7 +29,7 @@ and the ad and answers ``SCORE: 0-10``; the value is ``score / 10 - 1``.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -31,10 +37,11 @@ from pydantic import Field, model_validator
 import rlgen
 
 from ._judge import RUBRIC, HFJudge, HttpJudge, render_prompt
-from ._text import NormalizedBatch, context_text
+from ._text import NormalizedBatch, Word, clauses, context_text, lemma
 from .lexicon import PhraseMatcher, builtin_lexicon_path, read_lexicon
 
-CLAIM_KINDS = ("percent", "price", "duration", "number", "guarantee", "entity")
+CLAIM_KINDS = ("percent", "price", "duration", "number", "guarantee", "entity", "offer")
+ClaimKind = Literal["percent", "price", "duration", "number", "guarantee", "entity", "offer"]
 
 _NUM = r"\d+(?:[.,]\d{3})*(?:\.\d+)?"
 _PERCENT = re.compile(rf"({_NUM})\s*(?:%|％|percent\b|per\s*cent\b|pct\b)|百分之\s*({_NUM})", re.I)
@@ -61,7 +68,7 @@ _BRANDLIKE = re.compile(r"\b[a-z]+[A-Z][A-Za-z]*\b|\b[A-Z][a-z]+[A-Z][A-Za-z]*\b
 # supported by "500 ml" in the context
 _MODEL_CODE = re.compile(r"(?<![\w.])[A-Za-z]+\d[A-Za-z0-9]*\b")
 _CAPITALISED = re.compile(r"\b[A-Z][a-z]+(?:\s+[A-Z][a-z]+)*\b")
-_SEGMENT = re.compile(r"[^.!?\n。！？]+")  # a sentence (or a field line)
+_SEGMENT = re.compile(r"[^.!?;\n。！？；]+")  # a sentence, a field line, or a clause after ";" (a list of facts)
 _CAPITALISED_OR_WORD = re.compile(r"\b[A-Za-z]+\b")
 # text before a word that puts it at the start of a sentence: nothing but spaces, or a "Label:" prefix
 _SENTENCE_START = re.compile(r"^\s*(?:[\w ]{1,20}[:：]\s*)?$")
@@ -69,6 +76,11 @@ _NOT_ENTITIES = {"i", "ok"}
 # words title case may leave in lower case ("Deals with Free Shipping")
 _FUNCTION_WORDS = {"a", "an", "the", "and", "or", "but", "for", "nor", "with", "from", "into", "onto", "over", "of",
                    "on", "in", "at", "to", "by", "as", "per", "via", "your", "our", "you"}
+OFFER_WORDS = {"free", "complimentary"}
+# words that end the noun phrase an offer word opens ("Free towing within 15 miles" offers towing)
+_PHRASE_ENDS = _FUNCTION_WORDS | {"within", "up", "every", "each", "when", "if", "while", "until", "after", "before",
+                                  "is", "are", "available", "included", "now", "today", "online", "always"}
+OFFER_PHRASE_WORDS = 3
 
 
 def _value(text: str) -> float:
@@ -120,6 +132,29 @@ class Claims:
                 add("entity", m.span(), m.group().casefold())
             for seg in _SEGMENT.finditer(text):
                 self._capitalised_entities(text, seg.start(), seg.end(), add)
+        if "offer" in kinds:
+            for clause in clauses(text):
+                for span, phrase in self._offers(text, clause):
+                    self.items.append(("offer", span, phrase))  # may overlap a number ("Free 30-day trial")
+
+    @staticmethod
+    def _offers(text: str, clause: list[Word]) -> list[tuple[tuple[int, int], frozenset[str]]]:
+        """Each free offer of one clause: its span (offer word and phrase) and the phrase's content lemmas."""
+        out = []
+        for i, (word, start, end) in enumerate(clause):
+            if word not in OFFER_WORDS or text[start - 1 : start] == "-":  # "interest-free" is not an offer
+                continue
+            phrase, last, words = [], end, 0
+            for w, _, e in clause[i + 1 :]:
+                if w in _PHRASE_ENDS or w in OFFER_WORDS or words == OFFER_PHRASE_WORDS:
+                    break
+                last = e
+                if not any(ch.isdigit() for ch in w):  # a number is its own claim ("Free 30-day trial")
+                    words += 1
+                    if len(w) >= 3:
+                        phrase.append(w)
+            out.append(((start, last), frozenset(phrase)))
+        return out
 
     @staticmethod
     def _capitalised_entities(text: str, start: int, end: int, add: Any) -> None:
@@ -140,6 +175,11 @@ class Claims:
             if text[s:e].casefold() not in _NOT_ENTITIES:
                 add("entity", (s, e), text[s:e].casefold())
 
+    @staticmethod
+    def free_clauses(text: str) -> list[set[str]]:
+        """The lemmas of each clause of ``text`` that offers something free: what a free offer may cite."""
+        return [{w for w, _, _ in c} for c in clauses(text) if any(w in OFFER_WORDS for w, _, _ in c)]
+
     def values(self, kind: str) -> set[Any]:
         return {v for k, _, v in self.items if k == kind}
 
@@ -148,24 +188,82 @@ class Claims:
         return {v for k, _, v in self.items if k in ("percent", "price", "number")}
 
 
+def _cited(word: str, words: set[str]) -> bool:
+    """``word`` is one of ``words``, or shares its first five letters with one that begins or ends it: "consult"
+    cites "consultation", "diagnostics" cites "diagnostic"."""
+    if word in words:
+        return True
+    return len(word) >= 5 and any(len(w) >= 5 and (w.startswith(word) or word.startswith(w)) for w in words)
+
+
+class ClaimChecker:
+    """The rules backend: which claims of an ad its context does not support.
+
+    Shared by ``relate.correctness`` (sentence level: a penalty per ad) and ``relate.claims`` (token level: the
+    penalty on the characters of each unsupported claim).
+    """
+
+    def __init__(self, kinds: Iterable[str], guarantee_files: Iterable[str] = (), plugin: str = "relate.correctness") -> None:
+        terms = read_lexicon(builtin_lexicon_path("guarantees.txt"), plugin=plugin, field="guarantee_files")
+        for f in guarantee_files:
+            terms += read_lexicon(f, plugin=plugin, field="guarantee_files")
+        self.guarantees = PhraseMatcher(terms)
+        self.kinds = set(kinds)
+
+    def unsupported(self, ad: str, context: str) -> tuple[list[tuple[str, tuple[int, int], str]], int]:
+        """``(kind, (start, end), text)`` of each claim of ``ad`` that ``context`` does not support, and the number
+        of claims checked."""
+        claims = Claims(ad, self.guarantees, self.kinds)
+        if not claims.items:
+            return [], 0
+        evidence = Claims(context, self.guarantees, set(CLAIM_KINDS) - {"offer"})
+        numbers = evidence.numbers()
+        durations = evidence.values("duration")
+        has_guarantee = bool(evidence.values("guarantee"))
+        context_folded = context.casefold()
+        free = Claims.free_clauses(context) if "offer" in self.kinds else []
+        bad = []
+        for kind, (s, e), value in claims.items:
+            if kind == "percent":
+                ok = value in evidence.values("percent")
+            elif kind in ("price", "number"):
+                ok = value in numbers
+            elif kind == "duration":
+                ok = value in durations
+            elif kind == "guarantee":
+                ok = has_guarantee
+            elif kind == "offer":
+                ok = any(all(_cited(w, words) for w in value) for words in free)
+            else:  # entity
+                ok = value in context_folded
+            if not ok:
+                bad.append((kind, (s, e), ad[s:e]))
+        return bad, len(claims.items)
+
+
+class ClaimParams(rlgen.Params):
+    """What the rule checker reads: the evidence fields, the claim kinds and extra guarantee terms."""
+
+    context_fields: list[str] = Field(
+        default_factory=lambda: ["selling_points", "landing_page", "query", "bid_word"],
+        description="rollout.meta fields that count as evidence for the ad's claims",
+    )
+    checks: list[ClaimKind] = Field(
+        default_factory=lambda: list(CLAIM_KINDS), description="rules backend: claim kinds to check"
+    )
+    guarantee_files: list[str] = Field(
+        default_factory=list, description="rules backend: extra guarantee-term files merged with lexicons/guarantees.txt"
+    )
+
+
 class CorrectnessReward(rlgen.RewardProvider):
     name = "relate.correctness"
-    description = "Penalises ad claims (numbers, prices, durations, guarantees, names) the context does not support; rules or LLM judge."
+    description = "Penalises ad claims (numbers, prices, durations, guarantees, names, free offers) the context does not support; rules or LLM judge."
     granularity = "sentence"
 
-    class Params(rlgen.Params):
+    class Params(ClaimParams):
         backend: Literal["rules", "http", "hf"] = Field(
             "rules", description="rules: offline claim checker; http: OpenAI-compatible judge endpoint; hf: local causal LM judge"
-        )
-        context_fields: list[str] = Field(
-            default_factory=lambda: ["selling_points", "landing_page", "query", "bid_word"],
-            description="rollout.meta fields that count as evidence for the ad's claims",
-        )
-        checks: list[Literal["percent", "price", "duration", "number", "guarantee", "entity"]] = Field(
-            default_factory=lambda: list(CLAIM_KINDS), description="rules backend: claim kinds to check"
-        )
-        guarantee_files: list[str] = Field(
-            default_factory=list, description="rules backend: extra guarantee-term files merged with lexicons/guarantees.txt"
         )
         penalty_per_claim: float = Field(0.5, ge=0, description="rules backend: penalty per unsupported claim")
         max_penalty: float = Field(1.0, ge=0, description="rules backend: cap of the penalty")
@@ -199,11 +297,7 @@ class CorrectnessReward(rlgen.RewardProvider):
     def __init__(self, params: rlgen.Params | None = None) -> None:
         super().__init__(params)
         p = self.params
-        terms = read_lexicon(builtin_lexicon_path("guarantees.txt"), plugin=self.name, field="guarantee_files")
-        for f in p.guarantee_files:
-            terms += read_lexicon(f, plugin=self.name, field="guarantee_files")
-        self._guarantees = PhraseMatcher(terms)
-        self._kinds = set(p.checks)
+        self.checker = ClaimChecker(p.checks, p.guarantee_files, plugin=self.name)
         self.judge: Any = None
         if p.backend == "http":
             self.judge = HttpJudge(
@@ -242,30 +336,9 @@ class CorrectnessReward(rlgen.RewardProvider):
     # -- rules backend ----------------------------------------------------------------------------------------------
 
     def unsupported_claims(self, ad: str, context: str) -> tuple[list[dict[str, str]], int]:
-        """Claims of ``ad`` that ``context`` does not support, and the number of claims checked."""
-        claims = Claims(ad, self._guarantees, self._kinds)
-        if not claims.items:
-            return [], 0
-        evidence = Claims(context, self._guarantees, set(CLAIM_KINDS))
-        numbers = evidence.numbers()
-        durations = evidence.values("duration")
-        has_guarantee = bool(evidence.values("guarantee"))
-        context_folded = context.casefold()
-        bad: list[dict[str, str]] = []
-        for kind, (s, e), value in claims.items:
-            if kind == "percent":
-                ok = value in evidence.values("percent")
-            elif kind in ("price", "number"):
-                ok = value in numbers
-            elif kind == "duration":
-                ok = value in durations
-            elif kind == "guarantee":
-                ok = has_guarantee
-            else:  # entity
-                ok = value in context_folded
-            if not ok:
-                bad.append({"kind": kind, "text": ad[s:e]})
-        return bad, len(claims.items)
+        """Claims of ``ad`` that ``context`` does not support (kind and text), and the number of claims checked."""
+        bad, n = self.checker.unsupported(ad, context)
+        return [{"kind": kind, "text": text} for kind, _, text in bad], n
 
     def _score_rules(self, rollout: rlgen.Rollout, contexts: list[str]) -> rlgen.RewardResult:
         p = self.params

@@ -46,6 +46,10 @@ class DataConfig(_Section):
         1, ge=1, description="sample this many times prompts_per_step prompts a step and train on the prompts_per_step "
         "groups whose weighted reward spreads most (dynamic sampling, docs/strategies.md); 1: train on every sample"
     )
+    oversample_rank: Literal["total", "per_reward"] = Field(
+        "total", description="how oversampled groups are ranked: total (spread of the weighted reward, Eq. 2) or "
+        "per_reward (each reward's spread in the group over its spread in the batch, weighted and summed)"
+    )
     shuffle: bool = Field(True, description="reshuffle the prompts every epoch (seeded)")
     limit: int | None = Field(None, ge=1, description="use only the first N records")
     max_prompt_tokens: int | None = Field(

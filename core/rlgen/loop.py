@@ -308,7 +308,8 @@ class _Run:
         sampled, sampled_rewards = rollout, rewards
         selection: dict[str, float] = {}
         if self.config.data.oversample > 1:
-            rows, selection = most_spread_groups(rollout, rewards, self.weights, self.config.data.prompts_per_step)
+            rows, selection = most_spread_groups(rollout, rewards, self.weights, self.config.data.prompts_per_step,
+                                                 self.config.data.oversample_rank)
             rollout = rollout.select(rows)
             rewards = {key: result.select(rows) for key, result in rewards.items()}
         t2 = time.perf_counter()

@@ -79,7 +79,7 @@ def fingerprint(config: RunConfig) -> str:
     """What the warm start's result depends on; a stored policy is reused only under the same one."""
     parts = {
         # how many prompts RL samples a step is not the warm start's business (it picks its own contexts)
-        "model": config.model.model_dump(mode="json"), "data": config.data.model_dump(mode="json", exclude={"oversample"}),
+        "model": config.model.model_dump(mode="json"), "data": config.data.model_dump(mode="json", exclude={"oversample", "oversample_rank"}),
         "sampler": config.sampler.model_dump(mode="json"),
         "rewards": [r.model_dump(mode="json") for r in config.rewards],
         "trainer": config.trainer.model_dump(mode="json"), "warm_start": config.warm_start.model_dump(mode="json"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import rlgen
@@ -45,3 +46,22 @@ def test_a_token_penalty_alone_can_make_a_group_spread():
     rows, _ = most_spread_groups(r, {"s": flat, "t": rlgen.RewardResult(values=token, granularity="token")},
                                  {"s": 1.0, "t": 1.0}, keep=1)
     assert rows == [2, 3]
+
+
+def test_per_reward_rank_keeps_the_group_that_differs_in_a_reward_with_a_small_range():
+    """A rule reward of range 10 fails one completion in group 0; a business reward of range 0.1 differs only
+    in group 1. The weighted total keeps group 0; per reward (each spread in units of the batch's) keeps group 1,
+    where the business reward varies as much as it varies at all."""
+    r = _rollout(["a"] * 6, [0, 0, 1, 1, 2, 2])
+    rule = rlgen.RewardResult(values=torch.tensor([0.0, -10.0, 0.0, 0.0, 0.0, 0.0]), granularity="sentence")
+    business = rlgen.RewardResult(values=torch.tensor([0.05, 0.05, 0.0, 0.1, 0.05, 0.05]), granularity="sentence")
+    rewards, weights = {"rule": rule, "business": business}, {"rule": 1.0, "business": 2.0}
+    assert most_spread_groups(r, rewards, weights, keep=1)[0] == [0, 1]
+    rows, metrics = most_spread_groups(r, rewards, weights, keep=1, rank="per_reward")
+    assert rows == [2, 3]
+    # group 1: business std 0.05 over the batch's 0.05 / sqrt(3), times 2; group 0: rule std 5 over the batch's 3.73
+    assert metrics["kept_spread_mean"] == pytest.approx(2 * 3 ** 0.5, rel=1e-4)
+    assert metrics["dropped_spread_mean"] == pytest.approx((5 / 3.7268) / 2, rel=1e-4)
+    # a reward that is the same everywhere tells no group apart
+    flat = rlgen.RewardResult(values=torch.ones(6), granularity="sentence")
+    assert most_spread_groups(r, {**rewards, "flat": flat}, {**weights, "flat": 5.0}, keep=1, rank="per_reward")[0] == [2, 3]

@@ -94,9 +94,11 @@ def test_resume_repeats_an_uninterrupted_run(tmp_path, reg, oversample):
     assert [strip(m) for m in ma] == [strip(m) for m in mb]
 
 
-def test_oversampling_trains_on_the_groups_whose_reward_spreads_most(tmp_path, reg):
+@pytest.mark.parametrize("rank", ["total", "per_reward"])
+def test_oversampling_trains_on_the_groups_whose_reward_spreads_most(tmp_path, reg, rank):
     cfg = make_config(tmp_path, steps=25)
     cfg["data"]["oversample"] = 2
+    cfg["data"]["oversample_rank"] = rank
     metrics = read_metrics(train(load_config(cfg), registry=reg, progress=False).output_dir)
     for m in metrics:
         # 6 prompts sampled, the 3 most spread groups of 4 trained on

@@ -37,7 +37,7 @@ from pydantic import Field, model_validator
 import rlgen
 
 from ._judge import RUBRIC, HFJudge, HttpJudge, render_prompt
-from ._text import NormalizedBatch, Word, clauses, context_text, lemma
+from ._text import NormalizedBatch, Word, clauses, context_text
 from .lexicon import PhraseMatcher, builtin_lexicon_path, read_lexicon
 
 CLAIM_KINDS = ("percent", "price", "duration", "number", "guarantee", "entity", "offer")

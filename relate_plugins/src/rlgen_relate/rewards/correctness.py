@@ -209,6 +209,20 @@ class ClaimChecker:
             terms += read_lexicon(f, plugin=plugin, field="guarantee_files")
         self.guarantees = PhraseMatcher(terms)
         self.kinds = set(kinds)
+        self._parsed: dict[str, tuple[set[Any], set[float], set[Any], bool, str, list[set[str]]]] = {}
+
+    def _evidence(self, context: str) -> tuple[set[Any], set[float], set[Any], bool, str, list[set[str]]]:
+        """What ``context`` supports, parsed once per distinct context: the G ads of a group share theirs."""
+        if context not in self._parsed:
+            if len(self._parsed) >= 256:
+                self._parsed.clear()
+            evidence = Claims(context, self.guarantees, set(CLAIM_KINDS) - {"offer"})
+            self._parsed[context] = (
+                evidence.values("percent"), evidence.numbers(), evidence.values("duration"),
+                bool(evidence.values("guarantee")), context.casefold(),
+                Claims.free_clauses(context) if "offer" in self.kinds else [],
+            )
+        return self._parsed[context]
 
     def unsupported(self, ad: str, context: str) -> tuple[list[tuple[str, tuple[int, int], str]], int]:
         """``(kind, (start, end), text)`` of each claim of ``ad`` that ``context`` does not support, and the number
@@ -216,16 +230,11 @@ class ClaimChecker:
         claims = Claims(ad, self.guarantees, self.kinds)
         if not claims.items:
             return [], 0
-        evidence = Claims(context, self.guarantees, set(CLAIM_KINDS) - {"offer"})
-        numbers = evidence.numbers()
-        durations = evidence.values("duration")
-        has_guarantee = bool(evidence.values("guarantee"))
-        context_folded = context.casefold()
-        free = Claims.free_clauses(context) if "offer" in self.kinds else []
+        percents, numbers, durations, has_guarantee, context_folded, free = self._evidence(context)
         bad = []
         for kind, (s, e), value in claims.items:
             if kind == "percent":
-                ok = value in evidence.values("percent")
+                ok = value in percents
             elif kind in ("price", "number"):
                 ok = value in numbers
             elif kind == "duration":

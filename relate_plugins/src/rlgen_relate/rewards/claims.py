@@ -18,7 +18,7 @@ from pydantic import Field
 import rlgen
 
 from ._text import context_text
-from .correctness import ClaimChecker, ClaimParams
+from .correctness import ClaimChecker, ClaimParams, claim_metrics
 
 
 class ClaimsReward(rlgen.RewardProvider):
@@ -41,9 +41,4 @@ class ClaimsReward(rlgen.RewardProvider):
         hit = rollout.spans_to_tokens([[span for _, span, _ in bad] for bad, _ in found])
         values = torch.where(hit, torch.tensor(-float(self.params.penalty)), torch.tensor(0.0))  # Eq. 5 style
         details = [{"unsupported": [{"kind": kind, "text": text} for kind, _, text in bad], "claims": n} for bad, n in found]
-        b = max(len(found), 1)
-        metrics = {
-            "unsupported_rate": sum(1 for bad, _ in found if bad) / b,
-            "claims_per_sample": sum(n for _, n in found) / b,
-        }
-        return rlgen.RewardResult(values=values, details=details, metrics=metrics)
+        return rlgen.RewardResult(values=values, details=details, metrics=claim_metrics(details))

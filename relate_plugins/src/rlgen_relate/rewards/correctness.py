@@ -250,6 +250,16 @@ class ClaimChecker:
         return bad, len(claims.items)
 
 
+def claim_metrics(details: list[dict[str, Any]]) -> dict[str, float]:
+    """What both claim rewards log from their per-ad details (``unsupported`` list, ``claims`` count): the share of
+    ads with an unsupported claim, and the claims checked per ad."""
+    b = max(len(details), 1)
+    return {
+        "unsupported_rate": sum(1 for d in details if d["unsupported"]) / b,
+        "claims_per_sample": sum(d["claims"] for d in details) / b,
+    }
+
+
 class ClaimParams(rlgen.Params):
     """What the rule checker reads: the evidence fields, the claim kinds and extra guarantee terms."""
 
@@ -356,12 +366,8 @@ class CorrectnessReward(rlgen.RewardProvider):
             bad, n = self.unsupported_claims(ad, context)
             values.append(-min(p.max_penalty, p.penalty_per_claim * len(bad)) if bad else 0.0)
             details.append({"unsupported": bad, "claims": n})
-        b = max(len(values), 1)
-        metrics = {
-            "unsupported_rate": sum(1 for d in details if d["unsupported"]) / b,
-            "claims_per_sample": sum(d["claims"] for d in details) / b,
-        }
-        return rlgen.RewardResult(values=torch.tensor(values, dtype=torch.float32), details=details, metrics=metrics)
+        return rlgen.RewardResult(values=torch.tensor(values, dtype=torch.float32), details=details,
+                                  metrics=claim_metrics(details))
 
     # -- judge backends ---------------------------------------------------------------------------------------------
 

@@ -100,6 +100,9 @@ def test_whole_pipeline_at_toy_scale(tmp_path):
     assert (out / "ctcvr" / "config.json").exists() and (out / "ctcvr" / "model.safetensors").exists()
     metrics = [json.loads(ln) for ln in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2]
+    # the preset's dynamic sampling: twice the groups sampled, the step trained on the prompts_per_step that differ most
+    assert all(m["data/groups_sampled"] == 4 for m in metrics)
+    assert any("each on 2 prompts x G = 8 kept from 4 sampled by reward spread" in line for line in lines)
     for name in ("length", "format", "ctcvr", "relevance", "correctness", "risk", "diversity"):
         assert f"reward/relate.{name}/mean" in metrics[0]
     assert (out / "run" / "policy" / "config.json").exists()
@@ -128,6 +131,10 @@ def test_whole_pipeline_at_toy_scale(tmp_path):
                     "## Compliance by vertical", "## Predicted vs simulator CTCVR", "## Training curves", "## Sample ads, before and after"):
         assert section in report
     assert "![rewards](plots/rewards.png)" in report and "| Compliance rate" in report
+    assert "kept from 4 sampled by reward spread (data.oversample 2, rank: total)" in report
+    # the preset's two warm-start rounds, each accounted for
+    assert [r["round"] for r in demo["warm_start"]["rounds"]] == [1, 2]
+    assert "2 rounds: the base, then each round's fine-tuned policy" in report and "round 2: " in report
     assert "| Fluent (no stutter or repeated phrase) |" in report and "no CI: one number per set" not in report
     assert all(f"| {v} |" in report for v in verticals)
 

@@ -70,13 +70,14 @@ FULL = Schedule(
     log_contexts=300,
     impressions_per_context=2000,
     ctcvr_epochs=30,
-    # 24 steps of 3 prompts x G = 8 after the preset's warm start: from the warm start RL reaches its plateau within
-    # 16-24 steps, where from the base it took about 40 (docs/demo.md, round nine); a step takes about 16 s here
+    # 24 steps of 3 prompts x G = 8 (chosen from 6 sampled) after the preset's two warm-start rounds: from the warm
+    # start RL reaches its plateau within 16-24 steps, where from the base it took about 40 (docs/demo.md, rounds
+    # nine and fourteen); a step takes about 18 s here
     steps=24,
     eval_contexts=128,  # of 139: at 64 the compliance and format CIs nearly touched zero
     samples_per_context=1,
-    expected="about 15 minutes on 2 idle CPU cores (25 on a slower machine): logs and CTCVR model 1-2 min, base eval "
-             "1-2 min, warm start 6-10 min and its eval 1 min, 24 RELATE steps of 15-25 s, trained eval 1 min",
+    expected="about 22 minutes on 2 idle CPU cores (35 on a slower machine): logs and CTCVR model 1-2 min, base eval "
+             "1-2 min, warm start (two rounds) 11-18 min and its eval 1 min, 24 RELATE steps of 18-30 s, trained eval 1 min",
 )
 
 # --quick: the same pipeline on the tiny random Llama, to see every stage and file in a few minutes. A random
@@ -117,6 +118,17 @@ GPU = Schedule(
 )
 
 SCHEDULES = {s.name: s for s in (FULL, QUICK, GPU)}
+
+
+def per_step(raw: dict[str, Any]) -> str:
+    """What one training step learns from, as the stage line and the report say it."""
+    data, g = raw["data"], raw["group_size"]
+    trained = f"{data['prompts_per_step']} prompts x G = {g}"
+    oversample = data.get("oversample", 1)
+    if oversample > 1:
+        return (f"{trained} kept from {data['prompts_per_step'] * oversample} sampled by reward spread "
+                f"(data.oversample {oversample}, rank: {data.get('oversample_rank', 'total')})")
+    return trained
 
 
 def _echo(msg: str) -> None:
@@ -319,8 +331,10 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, model: str |
         base = evaluate_policy(raw, None, out / "eval" / "base", progress=progress)
 
     if warm.get("prompts"):
+        rounds = warm.get("rounds", 1)
         with stage("warm_start", f"warm start: {warm.get('samples_per_prompt')} ads for each of {warm['prompts']} train "
-                   "contexts, fine-tuning on those the rewards accept"):
+                   "contexts, fine-tuning on those the rewards accept"
+                   + (f"; {rounds} rounds, each sampling with the last one's policy" if rounds > 1 else "")):
             policy = make_warm_start(load_config(raw), progress=progress)
             summary = json.loads((policy.parent / "summary.json").read_text(encoding="utf-8"))
             record["warm_start"] = {k: v for k, v in summary.items() if k != "fingerprint"}
@@ -336,8 +350,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, model: str |
         raw["run"]["time_limit_s"] = max(time_limit_s - (time.perf_counter() - t_start) - reserve, 1.0)
         echo(f"      --time-limit-s {time_limit_s:g}: training gets {raw['run']['time_limit_s']:.0f} s, "
              f"{reserve:.0f} s are kept for the trained eval and the report")
-    with stage("train", f"training with RELATE for {schedule.steps} steps "
-               f"({raw['data']['prompts_per_step']} prompts x G={raw['group_size']} per step)"):
+    with stage("train", f"training with RELATE for {schedule.steps} steps, each on {per_step(raw)}"):
         record["train"] = run = train_policy(raw, progress=progress)
         if run["steps"] < schedule.steps:
             echo(f"      stopped by the time limit after {run['steps']} of {schedule.steps} steps")
@@ -417,13 +430,23 @@ def write_demo_report(out: str | Path) -> Path:
     if ws and (out / "eval" / "warm_start" / "eval.json").exists():
         warm_eval = rep.load_eval(out / "eval" / "warm_start")
         gate = cfg.get("warm_start", {}).get("accept", {})
-        warm_item = (f"\n   It started from the **warm start** (`run/warm_start/`): the base wrote "
-                     f"{ws['sampled'] // max(ws['contexts'], 1)} ads for each of {ws['contexts']} train contexts, "
-                     f"{ws['accepted']} passed {', '.join(f'{k} >= {v:g}' for k, v in gate.items()) or 'the gate'}, "
-                     f"and the base was fine-tuned on the {ws['kept']} best of them ({ws['updates']} updates).")
+        passed = ', '.join(f'{k} >= {v:g}' for k, v in gate.items()) or 'the gate'
+        rounds = ws.get("rounds", [])
+        if len(rounds) > 1:
+            per_round = "; ".join(f"round {r['round']}: {r['accepted']} of {r['sampled']} passed, {r['kept']} kept"
+                                  for r in rounds)
+            warm_item = (f"\n   It started from the **warm start** (`run/warm_start/`), {len(rounds)} rounds: the base, "
+                         f"then each round's fine-tuned policy, wrote {ws['sampled'] // max(ws['contexts'], 1)} ads for "
+                         f"each of {ws['contexts'] // len(rounds)} new train contexts, and the policy was fine-tuned on "
+                         f"the best of those that passed {passed} ({per_round}; {ws['updates']} updates in all).")
+        else:
+            warm_item = (f"\n   It started from the **warm start** (`run/warm_start/`): the base wrote "
+                         f"{ws['sampled'] // max(ws['contexts'], 1)} ads for each of {ws['contexts']} train contexts, "
+                         f"{ws['accepted']} passed {passed}, and the base was fine-tuned on the {ws['kept']} best of them "
+                         f"({ws['updates']} updates).")
         warm_section = f"""## Base, warm start, trained
 
-The warm start is supervised fine-tuning on the base's own accepted ads (docs/warm-start.md); RL started from it
+The warm start is supervised fine-tuning on the policy's own accepted ads (docs/warm-start.md); RL started from it
 and its KL term keeps the policy near it. Each column: mean (difference from the base [paired 95% CI], verdict
 when the CI excludes zero). The same contexts and sampling seeds for all three (`eval/warm_start/`).
 
@@ -455,7 +478,7 @@ Wall time {secs.get('total', 0) / 60:.1f} min ({timing}).
 ```
 
 4. **Base evaluation** of `{s['model']}` (`eval/base/`).
-5. **RELATE training** (`run/`): {steps_done} steps of {cfg['data']['prompts_per_step']} prompts x G = {cfg['group_size']},
+5. **RELATE training** (`run/`): {steps_done} steps, each on {per_step(cfg)};
    rewards {rewards}; advantage `{cfg['advantage']['name']}` {cfg['advantage'].get('params', {})};
    trainer `{cfg['trainer']['name']}` (lr {trainer.get('learning_rate')}, beta {trainer.get('beta')},
    LoRA {trainer.get('lora') or 'off'}); sampler `{cfg['sampler']['name']}` {cfg['sampler'].get('params', {})}.

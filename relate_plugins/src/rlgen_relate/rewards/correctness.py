@@ -28,8 +28,9 @@ and the ad and answers ``SCORE: 0-10``; the value is ``score / 10 - 1``.
 
 from __future__ import annotations
 
+import functools
 import re
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Literal, NamedTuple
 
 import torch
 from pydantic import Field, model_validator
@@ -196,6 +197,17 @@ def _cited(word: str, words: set[str]) -> bool:
     return len(word) >= 5 and any(len(w) >= 5 and (w.startswith(word) or word.startswith(w)) for w in words)
 
 
+class Evidence(NamedTuple):
+    """What an ad's context supports, as :meth:`ClaimChecker.unsupported` compares an ad's claims with it."""
+
+    percents: set[Any]
+    numbers: set[float]  # every numeric value, whatever its kind
+    durations: set[Any]
+    has_guarantee: bool
+    folded: str  # the context, casefolded: an entity is supported when it occurs in it
+    free_offers: list[set[str]]  # the lemmas of each clause offering something free
+
+
 class ClaimChecker:
     """The rules backend: which claims of an ad its context does not support.
 
@@ -209,20 +221,17 @@ class ClaimChecker:
             terms += read_lexicon(f, plugin=plugin, field="guarantee_files")
         self.guarantees = PhraseMatcher(terms)
         self.kinds = set(kinds)
-        self._parsed: dict[str, tuple[set[Any], set[float], set[Any], bool, str, list[set[str]]]] = {}
+        # the G ads of a group share their context: parse each distinct one once (per instance, bounded)
+        self._evidence = functools.lru_cache(maxsize=256)(self._parse_evidence)
 
-    def _evidence(self, context: str) -> tuple[set[Any], set[float], set[Any], bool, str, list[set[str]]]:
-        """What ``context`` supports, parsed once per distinct context: the G ads of a group share theirs."""
-        if context not in self._parsed:
-            if len(self._parsed) >= 256:
-                self._parsed.clear()
-            evidence = Claims(context, self.guarantees, set(CLAIM_KINDS) - {"offer"})
-            self._parsed[context] = (
-                evidence.values("percent"), evidence.numbers(), evidence.values("duration"),
-                bool(evidence.values("guarantee")), context.casefold(),
-                Claims.free_clauses(context) if "offer" in self.kinds else [],
-            )
-        return self._parsed[context]
+    def _parse_evidence(self, context: str) -> Evidence:
+        """What ``context`` supports."""
+        claims = Claims(context, self.guarantees, set(CLAIM_KINDS) - {"offer"})
+        return Evidence(
+            percents=claims.values("percent"), numbers=claims.numbers(), durations=claims.values("duration"),
+            has_guarantee=bool(claims.values("guarantee")), folded=context.casefold(),
+            free_offers=Claims.free_clauses(context) if "offer" in self.kinds else [],
+        )
 
     def unsupported(self, ad: str, context: str) -> tuple[list[tuple[str, tuple[int, int], str]], int]:
         """``(kind, (start, end), text)`` of each claim of ``ad`` that ``context`` does not support, and the number
@@ -230,21 +239,21 @@ class ClaimChecker:
         claims = Claims(ad, self.guarantees, self.kinds)
         if not claims.items:
             return [], 0
-        percents, numbers, durations, has_guarantee, context_folded, free = self._evidence(context)
+        evidence = self._evidence(context)
         bad = []
         for kind, (s, e), value in claims.items:
             if kind == "percent":
-                ok = value in percents
+                ok = value in evidence.percents
             elif kind in ("price", "number"):
-                ok = value in numbers
+                ok = value in evidence.numbers
             elif kind == "duration":
-                ok = value in durations
+                ok = value in evidence.durations
             elif kind == "guarantee":
-                ok = has_guarantee
+                ok = evidence.has_guarantee
             elif kind == "offer":
-                ok = any(all(_cited(w, words) for w in value) for words in free)
+                ok = any(all(_cited(w, words) for w in value) for words in evidence.free_offers)
             else:  # entity
-                ok = value in context_folded
+                ok = value in evidence.folded
             if not ok:
                 bad.append((kind, (s, e), ad[s:e]))
         return bad, len(claims.items)

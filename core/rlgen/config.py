@@ -251,6 +251,16 @@ def apply_override(raw: dict[str, Any], assignment: str, origin: str = "--set") 
             node = node.setdefault(part, {})
 
 
+def _unaliased(node: Any) -> Any:
+    """``node`` with every mapping and list copied: a YAML alias (``*layout`` after ``&layout``) loads as the very
+    object of its anchor, and an override of a key under one place would change the other too."""
+    if isinstance(node, dict):
+        return {k: _unaliased(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_unaliased(v) for v in node]
+    return node
+
+
 def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read, override and validate a run configuration (its own shape; plugins come in :func:`plan_run`)."""
     if isinstance(source, dict):
@@ -268,6 +278,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
         base = path.parent
     if not isinstance(raw, dict):
         raise ConfigError(f"{origin}: the top level must be a mapping")
+    raw = _unaliased(raw)
     for assignment in overrides:
         apply_override(raw, assignment)
     try:

@@ -61,6 +61,18 @@ def test_overrides_parse_yaml_values_and_reach_lists():
         apply_override(raw, "rewards.3.weight=1")
 
 
+def test_an_override_under_a_yaml_alias_changes_only_the_place_it_names(tmp_path):
+    cfg = make_config(tmp_path)
+    shared = {"letter": "a"}
+    cfg["rewards"] = [{"name": "toy.count", "params": shared}, {"name": "toy.count", "params": shared}]
+    text = yaml.safe_dump(cfg)
+    assert "&id001" in text and "*id001" in text  # the file holds an anchor and its alias
+    config = load_config(write(tmp_path, cfg), ["rewards.1.params.letter=b"])
+    assert [r.params for r in config.rewards] == [{"letter": "a"}, {"letter": "b"}]
+    config = load_config(yaml.safe_load(text), ["rewards.0.params.letter=c"])
+    assert [r.params for r in config.rewards] == [{"letter": "c"}, {"letter": "a"}]
+
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlgen.config import load_config
+from rlgen.config import apply_override, load_config
 from rlgen.data import render
 from rlgen.session import prepare
 from rlgen_relate.presets import NAMES, TABLE_2, TOKEN_LEVEL, preset
@@ -60,3 +60,30 @@ def test_preset_prompt_renders_every_context_field(tmp_path):
 def test_unknown_preset_names_the_choices():
     with pytest.raises(KeyError, match="model1"):
         preset("model5")
+
+
+def test_the_relate_preset_blames_the_token_that_ended_a_thin_description(tmp_path):
+    """relate.overflow checks the format rule's own lengths, so it fires on exactly the length failures."""
+    import rlgen
+    from rlgen_plugins.models import load_tokenizer
+    from rlgen_relate.rewards import FormatReward, OverflowReward
+
+    params = {r["name"]: r.get("params", {}) for r in preset("relate", ctcvr_model=str(tmp_path))["rewards"]}
+    fmt = FormatReward(FormatReward.Params(**params["relate.format"]))
+    overflow = OverflowReward(OverflowReward.Params(**params["relate.overflow"]))
+    assert overflow.params.layout == fmt.params.layout
+    texts = ["Title: Fresh Bagels Near You\nDescription: Baked every morning. Order online.\n",
+             "Title: Fresh Bagels Near You\nDescription: Baked daily.\n",
+             "Title: Fresh Bagels Near You Every Single Morning\nDescription: Baked every morning. Order online.\n"]
+    r = rlgen.Rollout.from_texts(load_tokenizer("builtin:smollm2-135m-instruct", padding_side="right"), texts, [0, 1, 2])
+    marked = (overflow.score(r).values != 0).sum(dim=1).tolist()
+    assert [v < 0 for v in fmt.score(r).values.tolist()] == [m > 0 for m in marked] == [False, True, True]
+    assert marked[1] == 1  # the thin description: only the token that ended it
+
+
+def test_an_override_of_the_format_layout_leaves_the_overflow_layout_alone(tmp_path):
+    raw = preset("relate", ctcvr_model=str(tmp_path))
+    names = [r["name"] for r in raw["rewards"]]
+    apply_override(raw, f"rewards.{names.index('relate.format')}.params.layout.fields.1.min_chars=20")
+    overflow = raw["rewards"][names.index("relate.overflow")]["params"]["layout"]
+    assert overflow["fields"][1]["min_chars"] == 30

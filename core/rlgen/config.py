@@ -226,7 +226,11 @@ def _pydantic_message(origin: str, exc: pydantic.ValidationError, prefix: str = 
 
 
 def apply_override(raw: dict[str, Any], assignment: str, origin: str = "--set") -> None:
-    """Apply ``a.b.c=value`` to ``raw`` in place; the value is parsed as YAML; list items by index."""
+    """Apply ``a.b.c=value`` to ``raw`` in place; the value is parsed as YAML; list items by index.
+
+    Each mapping and list on the key's path below ``raw`` is replaced by a copy before it is changed: a YAML alias
+    (``*layout`` after ``&layout``) loads as the very object of its anchor, so changing it where it stands would
+    change every place that shares it."""
     if "=" not in assignment:
         raise ConfigError(f"{origin}: '{assignment}' is not KEY=VALUE")
     key, text = assignment.split("=", 1)
@@ -234,31 +238,26 @@ def apply_override(raw: dict[str, Any], assignment: str, origin: str = "--set") 
     parts = key.strip().split(".")
     node: Any = raw
     for i, part in enumerate(parts):
-        last = i == len(parts) - 1
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
                 raise ConfigError(f"{origin}: '{key}': '{part}' is not an index of a list of {len(node)}")
-            if last:
-                node[int(part)] = value
-            else:
-                node = node[int(part)]
-            continue
-        if not isinstance(node, dict):
-            raise ConfigError(f"{origin}: '{key}': '{'.'.join(parts[:i])}' is not a mapping")
-        if last:
-            node[part] = value
+            slot: Any = int(part)
+            child = node[slot]
+        elif isinstance(node, dict):
+            slot, child = part, node.get(part, {})
         else:
-            node = node.setdefault(part, {})
+            raise ConfigError(f"{origin}: '{key}': '{'.'.join(parts[:i])}' is not a mapping")
+        if i == len(parts) - 1:
+            node[slot] = value
+        else:
+            child = _copied(child)
+            node[slot] = child
+            node = child
 
 
-def _unaliased(node: Any) -> Any:
-    """``node`` with every mapping and list copied: a YAML alias (``*layout`` after ``&layout``) loads as the very
-    object of its anchor, and an override of a key under one place would change the other too."""
-    if isinstance(node, dict):
-        return {k: _unaliased(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_unaliased(v) for v in node]
-    return node
+def _copied(node: Any) -> Any:
+    """A shallow copy of a mapping or list (the next step down an override's path); anything else as it is."""
+    return dict(node) if isinstance(node, dict) else list(node) if isinstance(node, list) else node
 
 
 def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -278,7 +277,6 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
         base = path.parent
     if not isinstance(raw, dict):
         raise ConfigError(f"{origin}: the top level must be a mapping")
-    raw = _unaliased(raw)
     for assignment in overrides:
         apply_override(raw, assignment)
     try:

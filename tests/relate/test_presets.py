@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+import rlgen
 from rlgen.config import apply_override, load_config
 from rlgen.data import render
 from rlgen.session import prepare
+from rlgen_plugins.models import load_tokenizer
 from rlgen_relate.presets import NAMES, TABLE_2, TOKEN_LEVEL, preset
+from rlgen_relate.rewards import FormatReward, OverflowReward
 
 ALL = {"relate.length", "relate.format", "relate.overflow", "relate.ctcvr", "relate.diversity", "relate.correctness", "relate.relevance",
        "relate.risk", "repetition"}
@@ -64,10 +67,6 @@ def test_unknown_preset_names_the_choices():
 
 def test_the_relate_preset_blames_the_token_that_ended_a_thin_description(tmp_path):
     """relate.overflow checks the format rule's own lengths, so it fires on exactly the length failures."""
-    import rlgen
-    from rlgen_plugins.models import load_tokenizer
-    from rlgen_relate.rewards import FormatReward, OverflowReward
-
     params = {r["name"]: r.get("params", {}) for r in preset("relate", ctcvr_model=str(tmp_path))["rewards"]}
     fmt = FormatReward(FormatReward.Params(**params["relate.format"]))
     overflow = OverflowReward(OverflowReward.Params(**params["relate.overflow"]))

@@ -7,7 +7,6 @@ the RELATE preset here rather than kept as five files, so they cannot drift apar
 from __future__ import annotations
 
 import copy
-import json
 from importlib import resources
 from typing import Any
 
@@ -34,10 +33,7 @@ NAMES = list(TABLE_2)
 
 
 def relate_preset() -> dict[str, Any]:
-    raw = yaml.safe_load(resources.files(__package__).joinpath("relate.yaml").read_text())
-    # the file's aliases (one layout for the format rule and relate.overflow) become copies, so that an override
-    # of one reward's key (--set rewards.1.params...) leaves the other's alone
-    return json.loads(json.dumps(raw))
+    return yaml.safe_load(resources.files(__package__).joinpath("relate.yaml").read_text())
 
 
 def preset(name: str, *, ctcvr_model: str | None = None) -> dict[str, Any]:
